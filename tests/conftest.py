@@ -1,0 +1,42 @@
+"""Shared fixtures: one real PostgreSQL per test session (embedded unless DATABASE_URL is
+set) and a fresh schema per test, so tests never see each other's jobs or pools."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+APPS_DIR = Path(__file__).parent / "apps"
+sys.path.insert(0, str(APPS_DIR))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    from workerfleet_dev.postgres import LocalPostgres
+
+    with LocalPostgres() as pg:
+        yield pg.url
+
+
+@pytest.fixture
+def schema_name(database_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'drop schema if exists "{name}" cascade')
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c

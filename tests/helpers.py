@@ -1,0 +1,94 @@
+"""Test helpers: worker subprocesses and polling. Used by integration tests only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+from psycopg import sql
+
+from tests.conftest import APPS_DIR
+
+T = TypeVar("T")
+
+FAST = [
+    "--heartbeat-interval", "0.2s",
+    "--sweep-interval", "0.3s",
+    "--sweep-threshold", "1.5s",
+    "--poll-interval", "0.2s",
+    "--retry-delay", "50ms",
+    "--graceful-shutdown-timeout", "10s",
+]
+
+
+def wait_for(cond: Callable[[], T | None], timeout: float = 20, interval: float = 0.05,
+             what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """A real `fleet-worker run` process with its log in a file."""
+
+    def __init__(self, url: str, schema: str, app: str, log_dir: Path, *args: str) -> None:
+        self.log_path = log_dir / f"worker-{app.replace(':', '_')}-{time.monotonic_ns()}.log"
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "FLEET_SCHEMA": schema,
+            "PYTHONPATH": os.pathsep.join([str(APPS_DIR), os.environ.get("PYTHONPATH", "")]),
+        }
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet_worker.cli", "run", "--app", app,
+             "--health-port", "0", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def q(conn: psycopg.Connection, schema: str, template: str, params: list[object] | None = None
+      ) -> list[tuple[object, ...]]:
+    query = sql.SQL(template).format(s=sql.Identifier(schema))  # type: ignore[arg-type]
+    return conn.execute(query, params or []).fetchall()
+
+
+def pool_states(conn: psycopg.Connection, schema: str) -> dict[str, str]:
+    return {str(r[0]): str(r[1]) for r in q(conn, schema, "select pool_id, state from {s}.pools")}
+
+
+def kill(proc: WorkerProcess) -> None:
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.proc.wait(10)

@@ -1,0 +1,210 @@
+"""Queue semantics against a real PostgreSQL: ordering, serial queues, retries, job keys,
+fencing. These drive the queue functions directly with a registered pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+from fleet_worker.migrate import migrate
+from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
+from fleet_worker.queue import (
+    Job,
+    JobSpec,
+    QueueSQL,
+    add_job,
+    add_jobs,
+    complete_jobs,
+    fail_job,
+    fetch_jobs,
+)
+from fleet_worker.recovery import sweep
+from tests.helpers import q
+
+pytestmark = pytest.mark.integration
+TASKS = ["a", "b"]
+
+
+@pytest.fixture
+def schema(conn: psycopg.Connection, schema_name: str) -> Iterator[Schema]:
+    s = Schema(schema_name)
+    migrate(conn, s, Catalog.load())
+    yield s
+
+
+def new_pool(conn: psycopg.Connection, schema: Schema) -> str:
+    who = PoolIdentity.from_env(fleet="test", version="1")
+    pool = register_pool(conn, schema, who, Catalog.load(), mode="self", concurrency=10)
+    heartbeat(conn, schema, pool, running_jobs=0, state="active")
+    return pool
+
+
+def fetch(url: str, schema: Schema, pool: str, limit: int = 10,
+          tasks: list[str] | None = None) -> list[Job]:
+    async def go() -> list[Job]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            return await fetch_jobs(c, QueueSQL(schema), pool, tasks or TASKS, limit)
+
+    return asyncio.run(go())
+
+
+def complete(url: str, schema: Schema, pool: str, ids: list[int]) -> set[int]:
+    async def go() -> set[int]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            return await complete_jobs(c, QueueSQL(schema), pool, ids)
+
+    return asyncio.run(go())
+
+
+def fail(url: str, schema: Schema, pool: str, job_id: int, delay: float,
+         permanent: bool = False) -> bool:
+    async def go() -> bool:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            return await fail_job(c, QueueSQL(schema), pool, job_id, "boom", delay,
+                                  permanent=permanent)
+
+    return asyncio.run(go())
+
+
+def test_fetch_orders_by_priority_then_run_at(conn, schema, database_url):
+    now = datetime.now(UTC)
+    late = add_job(conn, JobSpec("a", run_at=now - timedelta(seconds=1)), schema)
+    early = add_job(conn, JobSpec("a", run_at=now - timedelta(seconds=10)), schema)
+    urgent = add_job(conn, JobSpec("b", priority=-5), schema)
+    future = add_job(conn, JobSpec("a", run_at=now + timedelta(hours=1)), schema)
+    pool = new_pool(conn, schema)
+    jobs = fetch(database_url, schema, pool)
+    assert [j.id for j in jobs] == [urgent, early, late]
+    assert future not in {j.id for j in jobs}
+    assert all(j.attempts == 1 for j in jobs)
+
+
+def test_only_known_tasks_are_fetched(conn, schema, database_url):
+    unknown = add_job(conn, JobSpec("not_mine"), schema)
+    pool = new_pool(conn, schema)
+    assert fetch(database_url, schema, pool) == []
+    row = q(conn, schema.name, "select locked_by, attempts from {s}.jobs where id = %s", [unknown])
+    assert row == [(None, 0)]
+
+
+def test_named_queue_runs_one_job_at_a_time(conn, schema, database_url):
+    first, second = add_jobs(conn, [JobSpec("a", queue="q1"), JobSpec("a", queue="q1")], schema)
+    other = add_job(conn, JobSpec("a", queue="q2"), schema)
+    free = add_job(conn, JobSpec("b"), schema)
+    pool = new_pool(conn, schema)
+    got = {j.id for j in fetch(database_url, schema, pool)}
+    assert got == {first, other, free}
+    # The queue stays locked while its job runs, so a second fetch finds nothing of it.
+    assert fetch(database_url, schema, new_pool(conn, schema)) == []
+    assert complete(database_url, schema, pool, [first]) == {first}
+    assert [j.id for j in fetch(database_url, schema, pool)] == [second]
+
+
+def test_skip_locked_never_hands_a_job_to_two_pools(conn, schema, database_url):
+    ids = add_jobs(conn, [JobSpec("a") for _ in range(200)], schema)
+    pools = [new_pool(conn, schema) for _ in range(4)]
+
+    async def grab(pool: str) -> list[int]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+            out: list[int] = []
+            while True:
+                jobs = await fetch_jobs(c, QueueSQL(schema), pool, TASKS, 7)
+                if not jobs:
+                    return out
+                out += [j.id for j in jobs]
+
+    async def all_pools() -> list[list[int]]:
+        return await asyncio.gather(*(grab(p) for p in pools))
+
+    taken = asyncio.run(all_pools())
+    flat = [i for chunk in taken for i in chunk]
+    assert sorted(flat) == sorted(ids)
+    assert len(flat) == len(set(flat))
+
+
+def test_failure_retries_with_backoff_then_fails_permanently(conn, schema, database_url):
+    job = add_job(conn, JobSpec("a", max_attempts=2), schema)
+    pool = new_pool(conn, schema)
+    [j] = fetch(database_url, schema, pool)
+    assert fail(database_url, schema, pool, j.id, delay=3600)
+    row = q(conn, schema.name, "select attempts, last_error, run_at > now() + interval '59 min', "
+            "locked_by from {s}.jobs where id = %s", [job])
+    assert row == [(1, "boom", True, None)]
+    assert fetch(database_url, schema, pool) == []  # backing off
+    q(conn, schema.name, "update {s}.jobs set run_at = now() returning id")
+    [j] = fetch(database_url, schema, pool)
+    assert j.attempts == 2
+    assert fail(database_url, schema, pool, j.id, delay=0)
+    assert fetch(database_url, schema, pool) == []  # attempts exhausted
+    # Permanently failed jobs stay inspectable.
+    row = q(conn, schema.name, "select attempts, max_attempts, last_error from {s}.jobs")
+    assert row == [(2, 2, "boom")]
+
+
+def test_permanent_failure_skips_the_remaining_attempts(conn, schema, database_url):
+    add_job(conn, JobSpec("a", max_attempts=10), schema)
+    pool = new_pool(conn, schema)
+    [j] = fetch(database_url, schema, pool)
+    assert fail(database_url, schema, pool, j.id, delay=0, permanent=True)
+    assert q(conn, schema.name, "select attempts, max_attempts from {s}.jobs") == [(10, 10)]
+
+
+def test_job_key_replaces_a_waiting_job(conn, schema, database_url):
+    first = add_job(conn, JobSpec("a", payload={"v": 1}, job_key="k"), schema)
+    second = add_job(conn, JobSpec("b", payload={"v": 2}, job_key="k"), schema)
+    assert first == second
+    rows = q(conn, schema.name, "select task_identifier, payload from {s}.jobs")
+    assert rows == [("b", {"v": 2})]
+
+
+def test_job_key_of_a_running_job_goes_to_a_new_job(conn, schema, database_url):
+    first = add_job(conn, JobSpec("a", payload={"v": 1}, job_key="k"), schema)
+    pool = new_pool(conn, schema)
+    [running] = fetch(database_url, schema, pool)
+    assert running.id == first
+    second = add_job(conn, JobSpec("a", payload={"v": 2}, job_key="k"), schema)
+    assert second != first
+    rows = q(conn, schema.name, "select id, key, payload from {s}.jobs order by id")
+    assert rows == [(first, None, {"v": 1}), (second, "k", {"v": 2})]
+
+
+def test_add_job_from_sql(conn, schema, database_url):
+    q(conn, schema.name, "select {s}.add_job('a', '{{\"x\": 1}}', queue_name => 'sqlq')")
+    pool = new_pool(conn, schema)
+    [job] = fetch(database_url, schema, pool)
+    assert (job.task_identifier, job.payload, job.queue_name) == ("a", {"x": 1}, "sqlq")
+
+
+def test_stale_completion_after_a_sweep_is_rejected(conn, schema, database_url):
+    job = add_job(conn, JobSpec("a"), schema)
+    stale = new_pool(conn, schema)
+    [j] = fetch(database_url, schema, stale)
+    # The pool stops heartbeating; the sweep declares it dead and frees the job.
+    q(conn, schema.name, "update {s}.pools set heartbeat_at = now() - interval '1 hour' "
+      "where pool_id = %s returning 1", [stale])
+    result = sweep(conn, schema, threshold_s=60)
+    assert result.ran and result.dead_pools == [stale] and result.released_jobs == 1
+    fresh = new_pool(conn, schema)
+    [again] = fetch(database_url, schema, fresh)
+    assert again.id == job and again.attempts == 2
+    # The stale worker finishes late: rejected, the job stays with the fresh pool.
+    assert complete(database_url, schema, stale, [job]) == set()
+    assert not fail(database_url, schema, stale, job, delay=0)
+    assert q(conn, schema.name, "select locked_by::text from {s}.jobs") == [(fresh,)]
+    assert complete(database_url, schema, fresh, [job]) == {job}
+    # A dead pool cannot take new work either, even before it learns it is dead.
+    add_job(conn, JobSpec("a"), schema)
+    assert fetch(database_url, schema, stale) == []
+
+
+def test_sweep_runs_one_at_a_time(conn, schema, database_url):
+    with psycopg.connect(database_url, autocommit=True) as other, other.transaction():
+        other.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("sweep")])
+        assert not sweep(conn, schema, threshold_s=60).ran
+    assert sweep(conn, schema, threshold_s=60).ran

@@ -1,0 +1,5 @@
+"""CLI: python -m localcluster bins|up|down|kubeconfig."""
+
+from localcluster.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""What a user writes: an App with named tasks (sync or async callables) and, optionally,
+its own migrations directory."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from fleet_worker.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job_id: int
+    task: str
+    attempts: int
+    max_attempts: int
+    queue: str | None
+    pool_id: str
+
+
+TaskFn = Callable[..., Any]
+
+
+class PermanentJobError(Exception):
+    """Raise from a task when retrying cannot help; the job fails at once, kept inspectable."""
+
+
+@dataclass
+class Task:
+    name: str
+    fn: TaskFn
+    payload_model: type[pydantic.BaseModel] | None = None
+    is_async: bool = False
+    wants_context: bool = False
+
+    def prepare(self, payload: Any) -> Any:
+        """Validate the payload. A malformed payload is a permanent failure: no retry."""
+        if self.payload_model is None:
+            return payload
+        try:
+            return self.payload_model.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            raise PermanentJobError(f"malformed payload for task {self.name!r}: {exc}") from exc
+
+
+@dataclass
+class App:
+    name: str
+    version: str = "0.0.0"
+    migrations: Path | None = None
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    def task(
+        self, name: str | None = None, *, payload: type[pydantic.BaseModel] | None = None
+    ) -> Callable[[TaskFn], TaskFn]:
+        """Register `fn(payload)` or `fn(payload, ctx: JobContext)` under `name`."""
+
+        def register(fn: TaskFn) -> TaskFn:
+            task_name = name or fn.__name__
+            if task_name in self.tasks:
+                raise ValueError(f"task {task_name!r} registered twice")
+            params = len(inspect.signature(fn).parameters)
+            if params not in (1, 2):
+                raise TypeError(f"task {task_name!r} must take (payload) or (payload, ctx)")
+            self.tasks[task_name] = Task(
+                name=task_name,
+                fn=fn,
+                payload_model=payload,
+                is_async=inspect.iscoroutinefunction(fn),
+                wants_context=params == 2,
+            )
+            return fn
+
+        return register
+
+    def catalog(self) -> Catalog:
+        return Catalog.load(self.migrations)
+
+
+async def call_task(task: Task, payload: Any, ctx: JobContext, threads: Executor) -> None:
+    """Run one job: async tasks on the loop, sync ones on the worker's thread pool."""
+    args = (payload, ctx) if task.wants_context else (payload,)
+    if task.is_async:
+        result: Awaitable[Any] = task.fn(*args)
+        await result
+    else:
+        await asyncio.get_running_loop().run_in_executor(threads, lambda: task.fn(*args))
+
+
+class AppLoadError(ImportError):
+    pass
+
+
+def load_app(spec: str) -> App:
+    """`pkg.module` (its `app` attribute) or `pkg.module:attribute`."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppLoadError(f"cannot import app module {module_name!r}: {exc}") from exc
+    candidate = getattr(module, attr or "app", None)
+    if not isinstance(candidate, App):
+        raise AppLoadError(
+            f"{spec!r} has no fleet_worker.App named {attr or 'app'!r}; "
+            "define `app = App(name=..., version=...)` in the module"
+        )
+    return candidate

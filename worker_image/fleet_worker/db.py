@@ -1,0 +1,74 @@
+"""SQL composition against the configurable schema, and connection helpers."""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+import psycopg
+from psycopg import sql
+
+from fleet_worker.identifiers import DEFAULT_SCHEMA, schema_ident
+
+LIVE_STATES = ("starting", "waiting-for-schema", "active", "draining")
+TERMINAL_STATES = ("stopped", "dead", "evicted")
+
+
+class DatabaseUnavailableError(RuntimeError):
+    pass
+
+
+class Schema:
+    """A validated schema name and a way to write queries against it: `{s}` in a template
+    becomes the quoted schema identifier; values always travel as parameters."""
+
+    def __init__(self, name: str = DEFAULT_SCHEMA) -> None:
+        self.ident = schema_ident(name)
+        self.name = name
+
+    def q(self, template: LiteralString) -> sql.Composed:
+        return sql.SQL(template).format(s=self.ident)
+
+    def lock_key(self, purpose: str) -> str:
+        """Text hashed into an advisory-lock key; scoping by schema keeps fleets that share
+        a database from serialising on each other."""
+        return f"fleet_worker:{self.name}:{purpose}"
+
+    @property
+    def notify_channel(self) -> str:
+        return f"{self.name}.jobs"
+
+
+def connect(url: str, *, autocommit: bool = True, timeout: float = 10) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(timeout)))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database: {_first_line(exc)}"
+        ) from exc
+
+
+async def connect_async(url: str, *, timeout: float = 10) -> psycopg.AsyncConnection:
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=max(1, int(timeout))
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to log: the password never reaches logs or status."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database url>"
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"

@@ -1,0 +1,242 @@
+"""Applying migrations: one transaction per migration under a transaction-scoped advisory
+lock, checksums verified, breaking ones only once no live outdated pool remains (or after the
+wait, by evicting those pools first)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from fleet_worker.catalog import SCHEMA_PLACEHOLDER, Catalog, Migration
+from fleet_worker.compat import AppliedMigration, Assessment, assess
+from fleet_worker.db import LIVE_STATES, Schema
+from fleet_worker.recovery import release_pool_jobs
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def bootstrap(conn: psycopg.Connection, schema: Schema) -> None:
+    """The schema and the ledger of applied migrations; everything else is a migration."""
+    conn.execute(schema.q("create schema if not exists {s}"))
+    conn.execute(
+        schema.q(
+            """create table if not exists {s}.migrations (
+                id text primary key,
+                name text not null,
+                breaking boolean not null,
+                checksum text not null,
+                applied_at timestamptz not null default now(),
+                seq bigserial not null
+            )"""
+        )
+    )
+
+
+def applied_migrations(conn: psycopg.Connection, schema: Schema) -> list[AppliedMigration]:
+    exists = conn.execute(
+        "select to_regclass(%s) is not null", [f"{schema.name}.migrations"]
+    ).fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows = conn.execute(
+        schema.q("select id, name, breaking, checksum from {s}.migrations order by seq")
+    ).fetchall()
+    return [AppliedMigration(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def render(migration: Migration, schema: Schema) -> str:
+    # Safe to splice: the schema name was validated as a plain identifier.
+    return migration.sql.replace(SCHEMA_PLACEHOLDER, f'"{schema.name}"')
+
+
+@dataclass(frozen=True)
+class OutdatedPool:
+    pool_id: str
+    version: str
+    pod_name: str | None
+    state: str
+    running_jobs: int
+
+
+def live_outdated_pools(
+    conn: psycopg.Connection, schema: Schema, migration_id: str, threshold_s: float
+) -> list[OutdatedPool]:
+    """Live pools whose catalog lacks the migration: the ones a breaking migration waits for."""
+    rows = conn.execute(
+        schema.q(
+            """select pool_id::text, version, pod_name, state, running_jobs from {s}.pools
+               where state = any(%s) and heartbeat_at > now() - make_interval(secs => %s)
+                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
+               order by started_at"""
+        ),
+        [list(LIVE_STATES), threshold_s, migration_id],
+    ).fetchall()
+    return [OutdatedPool(*r) for r in rows]
+
+
+def _lock(conn: psycopg.Connection, schema: Schema) -> None:
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
+
+
+def evict_outdated_pools(
+    conn: psycopg.Connection, schema: Schema, migration_id: str, threshold_s: float, reason: str
+) -> list[str]:
+    """Inside the caller's transaction: mark live outdated pools evicted, release their jobs."""
+    rows = conn.execute(
+        schema.q(
+            """update {s}.pools set state = 'evicted', stopped_at = now(), reason = %s
+               where state = any(%s) and heartbeat_at > now() - make_interval(secs => %s)
+                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
+               returning pool_id::text"""
+        ),
+        [reason, list(LIVE_STATES), threshold_s, migration_id],
+    ).fetchall()
+    pool_ids = [r[0] for r in rows]
+    if pool_ids:
+        release_pool_jobs(conn, schema, pool_ids, reason)
+    return pool_ids
+
+
+@dataclass
+class MigrationResult:
+    applied: list[str] = field(default_factory=list)
+    evicted_pools: list[str] = field(default_factory=list)
+
+
+def apply_one(
+    conn: psycopg.Connection,
+    schema: Schema,
+    catalog: Catalog,
+    migration: Migration,
+    *,
+    threshold_s: float,
+    force: bool,
+    result: MigrationResult,
+) -> bool:
+    """Apply `migration` if still pending. Returns False when a breaking migration is blocked
+    by live outdated pools and `force` is off. Re-checks everything under the lock, so racing
+    workers and a migration Job can never apply the same migration twice."""
+    with conn.transaction():
+        _lock(conn, schema)
+        bootstrap(conn, schema)
+        state = assess(catalog, applied_migrations(conn, schema))
+        _raise_on_mismatch(state)
+        if migration.id not in {m.id for m in state.pending}:
+            return True
+        if migration.breaking:
+            if force:
+                reason = f"evicted: breaking migration {migration.id} forced after the wait"
+                result.evicted_pools += evict_outdated_pools(
+                    conn, schema, migration.id, threshold_s, reason
+                )
+            elif live_outdated_pools(conn, schema, migration.id, threshold_s):
+                return False
+        conn.execute(render(migration, schema).encode())
+        conn.execute(
+            schema.q(
+                "insert into {s}.migrations (id, name, breaking, checksum) values (%s, %s, %s, %s)"
+            ),
+            [migration.id, migration.name, migration.breaking, migration.checksum],
+        )
+    result.applied.append(migration.id)
+    return True
+
+
+def _raise_on_mismatch(state: Assessment) -> None:
+    if state.mismatched:
+        raise MigrationError(state.describe())
+    if state.out_of_date:
+        raise MigrationError(state.describe())
+
+
+def migrate(
+    conn: psycopg.Connection,
+    schema: Schema,
+    catalog: Catalog,
+    *,
+    to: str | None = None,
+    threshold_s: float = 60,
+    force_after_s: float = 600,
+    poll_s: float = 1.0,
+    on_wait: Callable[[Migration, list[OutdatedPool]], None] | None = None,
+    breaking: bool = True,
+) -> MigrationResult:
+    """Bring the schema up to `to` (default: the whole catalog). Safe migrations apply at
+    once; a breaking one waits for live outdated pools to go, up to `force_after_s`, then
+    evicts them. With `breaking=False` it stops before the first breaking migration."""
+    targets = _targets(catalog, to)
+    result = MigrationResult()
+    started = _db_now(conn)
+    for migration in targets:
+        if migration.breaking and not breaking:
+            break
+        while not apply_one(
+            conn, schema, catalog, migration, threshold_s=threshold_s, force=False, result=result
+        ):
+            waited = _db_now(conn) - started
+            if waited >= force_after_s:
+                apply_one(
+                    conn,
+                    schema,
+                    catalog,
+                    migration,
+                    threshold_s=threshold_s,
+                    force=True,
+                    result=result,
+                )
+                break
+            if on_wait is not None:
+                on_wait(migration, live_outdated_pools(conn, schema, migration.id, threshold_s))
+            time.sleep(poll_s)
+    return result
+
+
+def _targets(catalog: Catalog, to: str | None) -> list[Migration]:
+    if to is None:
+        return list(catalog.migrations)
+    catalog.get(to)  # raises with the known ids when `to` is unknown
+    out = []
+    for m in catalog.migrations:
+        out.append(m)
+        if m.id == to:
+            break
+    return out
+
+
+def _db_now(conn: psycopg.Connection) -> float:
+    row = conn.execute("select extract(epoch from clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def plan(
+    conn: psycopg.Connection, schema: Schema, catalog: Catalog, threshold_s: float = 60
+) -> dict[str, object]:
+    """What `migrate` would do, as JSON-able data (for `--plan --json` and the operator)."""
+    applied = applied_migrations(conn, schema)
+    state = assess(catalog, applied)
+    steps = []
+    for m in state.pending:
+        blockers = live_outdated_pools(conn, schema, m.id, threshold_s) if m.breaking else []
+        steps.append(
+            {
+                **m.summary(),
+                "blocked_by_pools": [
+                    {"pool_id": p.pool_id, "version": p.version, "pod_name": p.pod_name}
+                    for p in blockers
+                ],
+            }
+        )
+    return {
+        "schema": schema.name,
+        "applied": [a.id for a in applied],
+        "target": catalog.last_id,
+        "pending": steps,
+        "out_of_date": state.out_of_date,
+        "problem": None if state.compatible or state.pending else state.describe(),
+    }

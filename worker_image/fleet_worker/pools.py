@@ -1,0 +1,188 @@
+"""Pool rows: one per worker process start, the heartbeat, and state changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+
+
+@dataclass(frozen=True)
+class PoolIdentity:
+    """Who this process is, as recorded in its pool row. Pod and node names come from the
+    downward API environment the operator sets; elsewhere they stay empty."""
+
+    fleet: str
+    version: str
+    image: str | None
+    pod_name: str | None
+    node_name: str | None
+    hostname: str
+    pid: int
+
+    @classmethod
+    def from_env(cls, *, fleet: str, version: str) -> PoolIdentity:
+        return cls(
+            fleet=fleet,
+            version=version,
+            image=os.environ.get("WORKER_IMAGE") or None,
+            pod_name=os.environ.get("POD_NAME") or None,
+            node_name=os.environ.get("NODE_NAME") or None,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+
+def register_pool(
+    conn: psycopg.Connection,
+    schema: Schema,
+    who: PoolIdentity,
+    catalog: Catalog,
+    *,
+    mode: str,
+    concurrency: int,
+) -> str:
+    pool_id = str(uuid.uuid4())
+    conn.execute(
+        schema.q(
+            """insert into {s}.pools (pool_id, fleet, version, image, pod_name, node_name,
+                   hostname, pid, mode, catalog, state, concurrency)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'starting', %s)"""
+        ),
+        [
+            pool_id,
+            who.fleet,
+            who.version,
+            who.image,
+            who.pod_name,
+            who.node_name,
+            who.hostname,
+            who.pid,
+            mode,
+            json.dumps(catalog.to_json()),
+            concurrency,
+        ],
+    )
+    return pool_id
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    state: str  # the state in the database after the beat (others may have changed it)
+    reason: str | None
+
+
+def heartbeat(
+    conn: psycopg.Connection,
+    schema: Schema,
+    pool_id: str,
+    *,
+    running_jobs: int,
+    state: str | None = None,
+    reason: str | None = None,
+) -> Heartbeat:
+    """Beat, optionally moving to `state`; a pool already dead, evicted or stopped stays so."""
+    row = conn.execute(
+        schema.q(
+            """update {s}.pools set heartbeat_at = now(), running_jobs = %s,
+                   state = case when state in ('dead', 'evicted', 'stopped') then state
+                                else coalesce(%s, state) end,
+                   reason = case when state in ('dead', 'evicted', 'stopped') then reason
+                                 else coalesce(%s, reason) end
+               where pool_id = %s returning state, reason"""
+        ),
+        [running_jobs, state, reason, pool_id],
+    ).fetchone()
+    if row is None:
+        return Heartbeat("dead", "pool row was deleted")
+    return Heartbeat(row[0], row[1])
+
+
+def record_intent(
+    conn: psycopg.Connection, schema: Schema, pool_id: str, migration_id: str
+) -> None:
+    """Self mode: this pool waits to apply a breaking migration (visible to others and the
+    operator). The wait starts at the first recorded intent, on the database clock."""
+    conn.execute(
+        schema.q(
+            """update {s}.pools set wants_migration = %s,
+                   wants_migration_since = case when wants_migration = %s
+                                                then wants_migration_since else now() end
+               where pool_id = %s"""
+        ),
+        [migration_id, migration_id, pool_id],
+    )
+
+
+def waited_seconds(conn: psycopg.Connection, schema: Schema, pool_id: str) -> float:
+    row = conn.execute(
+        schema.q(
+            "select extract(epoch from now() - wants_migration_since)::float8 "
+            "from {s}.pools where pool_id = %s"
+        ),
+        [pool_id],
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
+def stop_pool(
+    conn: psycopg.Connection, schema: Schema, pool_id: str, *, reason: str, state: str = "stopped"
+) -> None:
+    conn.execute(
+        schema.q(
+            """update {s}.pools set state = case when state in ('dead', 'evicted') then state
+                                                  else %s end,
+                   stopped_at = coalesce(stopped_at, now()), running_jobs = 0,
+                   reason = case when state in ('dead', 'evicted') then reason else %s end
+               where pool_id = %s"""
+        ),
+        [state, reason, pool_id],
+    )
+
+
+def pools_report(
+    conn: psycopg.Connection, schema: Schema, threshold_s: float
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        schema.q(
+            """select pool_id::text, fleet, version, pod_name, node_name, hostname, pid, mode,
+                      state, concurrency, running_jobs, reason, wants_migration,
+                      started_at, heartbeat_at, stopped_at,
+                      extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age,
+                      state in ('starting', 'waiting-for-schema', 'active', 'draining')
+                        and heartbeat_at > now() - make_interval(secs => %s) as live,
+                      (select array_agg(e->>'id') from jsonb_array_elements(catalog) e) as known
+               from {s}.pools order by started_at"""
+        ),
+        [threshold_s],
+    ).fetchall()
+    keys = [
+        "pool_id",
+        "fleet",
+        "version",
+        "pod_name",
+        "node_name",
+        "hostname",
+        "pid",
+        "mode",
+        "state",
+        "concurrency",
+        "running_jobs",
+        "reason",
+        "wants_migration",
+        "started_at",
+        "heartbeat_at",
+        "stopped_at",
+        "heartbeat_age_s",
+        "live",
+        "known_migrations",
+    ]
+    return [dict(zip(keys, r, strict=True)) for r in rows]

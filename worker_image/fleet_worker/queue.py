@@ -1,0 +1,209 @@
+"""The job queue: enqueue, batch fetch with SKIP LOCKED, fenced completion and failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from fleet_worker.db import Schema
+
+MAX_ERROR_LENGTH = 8000
+
+
+class InvalidJobError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    task_identifier: str
+    payload: Any
+    queue_name: str | None
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    key: str | None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    task: str
+    payload: Any = None
+    queue: str | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    job_key: str | None = None
+
+    def params(self) -> list[Any]:
+        if not self.task or len(self.task) > 128:
+            raise InvalidJobError("task identifier must be 1-128 characters")
+        if self.max_attempts is not None and not 1 <= self.max_attempts <= 32767:
+            raise InvalidJobError("max_attempts must be between 1 and 32767")
+        try:
+            payload = json.dumps({} if self.payload is None else self.payload)
+        except (TypeError, ValueError) as exc:
+            raise InvalidJobError(f"payload is not JSON-serialisable: {exc}") from exc
+        return [
+            self.task,
+            payload,
+            self.queue,
+            self.run_at,
+            self.max_attempts,
+            self.job_key,
+            self.priority,
+        ]
+
+
+def _add_job_sql(schema: Schema) -> sql.Composed:
+    return schema.q(
+        "select (j).id from (select {s}.add_job(%s, %s::jsonb, %s, %s, %s, %s, %s) as j) x"
+    )
+
+
+def add_job(conn: psycopg.Connection, spec: JobSpec, schema: Schema | None = None) -> int:
+    """Enqueue one job through the schema's add_job() so Python and SQL callers behave alike."""
+    row = conn.execute(_add_job_sql(schema or Schema()), spec.params()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_jobs(
+    conn: psycopg.Connection, specs: Sequence[JobSpec], schema: Schema | None = None
+) -> list[int]:
+    """Enqueue many jobs in one transaction, pipelined (one network round trip per batch)."""
+    query = _add_job_sql(schema or Schema())
+    params = [s.params() for s in specs]
+    ids: list[int] = []
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(query, params, returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+            if not cur.nextset():
+                break
+    return ids
+
+
+class QueueSQL:
+    """The runtime's hot-path statements, composed once per schema."""
+
+    def __init__(self, schema: Schema) -> None:
+        # One statement: pick runnable jobs (serial queues must be free), keep at most one per
+        # queue, lock the chosen queues and jobs. The pool must still be active: a pool that
+        # others declared dead or evicted cannot take new work even if it does not know yet.
+        self.fetch = schema.q(
+            """with candidates as (
+                   select j.id, j.queue_name, j.priority, j.run_at from {s}.jobs j
+                   where j.locked_by is null and j.attempts < j.max_attempts
+                     and j.run_at <= now() and j.task_identifier = any(%(tasks)s)
+                     and (j.queue_name is null or exists (
+                         select 1 from {s}.job_queues q
+                         where q.queue_name = j.queue_name and q.locked_by is null
+                         for update skip locked))
+                     and exists (select 1 from {s}.pools p
+                                 where p.pool_id = %(pool)s and p.state = 'active'
+                                 for share)
+                   order by j.priority, j.run_at, j.id
+                   limit %(limit)s
+                   for update of j skip locked
+               ), chosen as (
+                   select id, queue_name from (
+                       select c.id, c.queue_name, row_number() over (
+                           partition by c.queue_name order by c.priority, c.run_at, c.id) as rn
+                       from candidates c) ranked
+                   where queue_name is null or rn = 1
+               ), queues as (
+                   update {s}.job_queues q set locked_by = %(pool)s, locked_at = now()
+                   from chosen where q.queue_name = chosen.queue_name
+                   returning q.queue_name
+               )
+               update {s}.jobs j set locked_by = %(pool)s, locked_at = now(),
+                   attempts = j.attempts + 1, updated_at = now()
+               from chosen where j.id = chosen.id
+               returning j.id, j.task_identifier, j.payload, j.queue_name, j.priority,
+                         j.run_at, j.attempts, j.max_attempts, j.key"""
+        )
+        # Fenced: only the pool that holds the lock may finish the job.
+        self.complete = schema.q(
+            """with done as (
+                   delete from {s}.jobs where id = any(%(ids)s) and locked_by = %(pool)s
+                   returning id, queue_name
+               ), queues as (
+                   update {s}.job_queues q set locked_by = null, locked_at = null
+                   from done where q.queue_name = done.queue_name and q.locked_by = %(pool)s
+               )
+               select id from done"""
+        )
+        self.fail = schema.q(
+            """with failed as (
+                   update {s}.jobs set locked_by = null, locked_at = null, last_error = %(error)s,
+                       run_at = now() + make_interval(secs => %(delay)s),
+                       attempts = case when %(permanent)s then max_attempts else attempts end,
+                       updated_at = now()
+                   where id = %(id)s and locked_by = %(pool)s
+                   returning id, queue_name
+               ), queues as (
+                   update {s}.job_queues q set locked_by = null, locked_at = null
+                   from failed where q.queue_name = failed.queue_name and q.locked_by = %(pool)s
+               )
+               select id from failed"""
+        )
+
+
+async def fetch_jobs(
+    conn: psycopg.AsyncConnection, q: QueueSQL, pool_id: str, tasks: list[str], limit: int
+) -> list[Job]:
+    cur = await conn.execute(q.fetch, {"tasks": tasks, "pool": pool_id, "limit": limit})
+    rows = await cur.fetchall()
+    jobs = [Job(*row) for row in rows]
+    jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
+    return jobs
+
+
+async def complete_jobs(
+    conn: psycopg.AsyncConnection, q: QueueSQL, pool_id: str, job_ids: list[int]
+) -> set[int]:
+    """Returns the ids actually completed; the others were taken from us (fencing)."""
+    cur = await conn.execute(q.complete, {"ids": job_ids, "pool": pool_id})
+    return {r[0] for r in await cur.fetchall()}
+
+
+async def fail_job(
+    conn: psycopg.AsyncConnection,
+    q: QueueSQL,
+    pool_id: str,
+    job_id: int,
+    error: str,
+    delay_s: float,
+    *,
+    permanent: bool = False,
+) -> bool:
+    cur = await conn.execute(
+        q.fail,
+        {
+            "id": job_id,
+            "pool": pool_id,
+            "error": error[:MAX_ERROR_LENGTH],
+            "delay": delay_s,
+            "permanent": permanent,
+        },
+    )
+    return (await cur.fetchone()) is not None
+
+
+def backoff_seconds(attempts: int, base_s: float, cap_s: float) -> float:
+    """Exponential back-off after the `attempts`-th failed attempt: base, 2*base, 4*base..."""
+    if attempts < 1:
+        return base_s
+    exponent = min(attempts - 1, 62)
+    return float(min(cap_s, base_s * (2**exponent)))
