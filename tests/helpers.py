@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -19,17 +19,27 @@ from tests.conftest import APPS_DIR
 T = TypeVar("T")
 
 FAST = [
-    "--heartbeat-interval", "0.2s",
-    "--sweep-interval", "0.3s",
-    "--sweep-threshold", "1.5s",
-    "--poll-interval", "0.2s",
-    "--retry-delay", "50ms",
-    "--graceful-shutdown-timeout", "10s",
+    "--heartbeat-interval",
+    "0.2s",
+    "--sweep-interval",
+    "0.3s",
+    "--sweep-threshold",
+    "1.5s",
+    "--poll-interval",
+    "0.2s",
+    "--retry-delay",
+    "50ms",
+    "--graceful-shutdown-timeout",
+    "10s",
 ]
 
 
-def wait_for(cond: Callable[[], T | None], timeout: float = 20, interval: float = 0.05,
-             what: str = "condition") -> T:
+def wait_for(
+    cond: Callable[[], T | None],
+    timeout: float = 20,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -53,8 +63,17 @@ class WorkerProcess:
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet_worker.cli", "run", "--app", app,
-             "--health-port", "0", *args],
+            [
+                sys.executable,
+                "-m",
+                "fleet_worker.cli",
+                "run",
+                "--app",
+                app,
+                "--health-port",
+                "0",
+                *args,
+            ],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -79,9 +98,10 @@ class WorkerProcess:
         self._log.close()
 
 
-def q(conn: psycopg.Connection, schema: str, template: str, params: list[object] | None = None
-      ) -> list[tuple[object, ...]]:
-    query = sql.SQL(template).format(s=sql.Identifier(schema))  # type: ignore[arg-type]
+def q(
+    conn: psycopg.Connection, schema: str, template: str, params: list[object] | None = None
+) -> list[tuple[Any, ...]]:
+    query = sql.SQL(template).format(s=sql.Identifier(schema))
     return conn.execute(query, params or []).fetchall()
 
 
@@ -92,3 +112,32 @@ def pool_states(conn: psycopg.Connection, schema: str) -> dict[str, str]:
 def kill(proc: WorkerProcess) -> None:
     proc.proc.send_signal(signal.SIGKILL)
     proc.proc.wait(10)
+
+
+class Producer:
+    """A steady stream of `work` jobs from a background thread, remembering every id."""
+
+    def __init__(self, url: str, schema: str, every_s: float = 0.02, sleep_s: float = 0.05) -> None:
+        import threading
+
+        from fleet_worker.db import Schema
+        from fleet_worker.queue import JobSpec, add_job
+
+        self.ids: list[int] = []
+        self._stop = threading.Event()
+
+        def run() -> None:
+            with psycopg.connect(url, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    self.ids.append(
+                        add_job(conn, JobSpec("work", {"sleep": sleep_s}), Schema(schema))
+                    )
+                    self._stop.wait(every_s)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.ids

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
@@ -25,6 +24,7 @@ from fleet_worker.queue import (
     fetch_jobs,
 )
 from fleet_worker.recovery import sweep
+
 from tests.helpers import q
 
 pytestmark = pytest.mark.integration
@@ -45,8 +45,9 @@ def new_pool(conn: psycopg.Connection, schema: Schema) -> str:
     return pool
 
 
-def fetch(url: str, schema: Schema, pool: str, limit: int = 10,
-          tasks: list[str] | None = None) -> list[Job]:
+def fetch(
+    url: str, schema: Schema, pool: str, limit: int = 10, tasks: list[str] | None = None
+) -> list[Job]:
     async def go() -> list[Job]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
             return await fetch_jobs(c, QueueSQL(schema), pool, tasks or TASKS, limit)
@@ -62,17 +63,21 @@ def complete(url: str, schema: Schema, pool: str, ids: list[int]) -> set[int]:
     return asyncio.run(go())
 
 
-def fail(url: str, schema: Schema, pool: str, job_id: int, delay: float,
-         permanent: bool = False) -> bool:
+def fail(
+    url: str, schema: Schema, pool: str, job_id: int, delay: float, permanent: bool = False
+) -> bool:
     async def go() -> bool:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
-            return await fail_job(c, QueueSQL(schema), pool, job_id, "boom", delay,
-                                  permanent=permanent)
+            return await fail_job(
+                c, QueueSQL(schema), pool, job_id, "boom", delay, permanent=permanent
+            )
 
     return asyncio.run(go())
 
 
-def test_fetch_orders_by_priority_then_run_at(conn, schema, database_url):
+def test_fetch_orders_by_priority_then_run_at(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     now = datetime.now(UTC)
     late = add_job(conn, JobSpec("a", run_at=now - timedelta(seconds=1)), schema)
     early = add_job(conn, JobSpec("a", run_at=now - timedelta(seconds=10)), schema)
@@ -85,7 +90,9 @@ def test_fetch_orders_by_priority_then_run_at(conn, schema, database_url):
     assert all(j.attempts == 1 for j in jobs)
 
 
-def test_only_known_tasks_are_fetched(conn, schema, database_url):
+def test_only_known_tasks_are_fetched(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     unknown = add_job(conn, JobSpec("not_mine"), schema)
     pool = new_pool(conn, schema)
     assert fetch(database_url, schema, pool) == []
@@ -93,7 +100,9 @@ def test_only_known_tasks_are_fetched(conn, schema, database_url):
     assert row == [(None, 0)]
 
 
-def test_named_queue_runs_one_job_at_a_time(conn, schema, database_url):
+def test_named_queue_runs_one_job_at_a_time(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     first, second = add_jobs(conn, [JobSpec("a", queue="q1"), JobSpec("a", queue="q1")], schema)
     other = add_job(conn, JobSpec("a", queue="q2"), schema)
     free = add_job(conn, JobSpec("b"), schema)
@@ -106,7 +115,9 @@ def test_named_queue_runs_one_job_at_a_time(conn, schema, database_url):
     assert [j.id for j in fetch(database_url, schema, pool)] == [second]
 
 
-def test_skip_locked_never_hands_a_job_to_two_pools(conn, schema, database_url):
+def test_skip_locked_never_hands_a_job_to_two_pools(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     ids = add_jobs(conn, [JobSpec("a") for _ in range(200)], schema)
     pools = [new_pool(conn, schema) for _ in range(4)]
 
@@ -128,13 +139,20 @@ def test_skip_locked_never_hands_a_job_to_two_pools(conn, schema, database_url):
     assert len(flat) == len(set(flat))
 
 
-def test_failure_retries_with_backoff_then_fails_permanently(conn, schema, database_url):
+def test_failure_retries_with_backoff_then_fails_permanently(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     job = add_job(conn, JobSpec("a", max_attempts=2), schema)
     pool = new_pool(conn, schema)
     [j] = fetch(database_url, schema, pool)
     assert fail(database_url, schema, pool, j.id, delay=3600)
-    row = q(conn, schema.name, "select attempts, last_error, run_at > now() + interval '59 min', "
-            "locked_by from {s}.jobs where id = %s", [job])
+    row = q(
+        conn,
+        schema.name,
+        "select attempts, last_error, run_at > now() + interval '59 min', "
+        "locked_by from {s}.jobs where id = %s",
+        [job],
+    )
     assert row == [(1, "boom", True, None)]
     assert fetch(database_url, schema, pool) == []  # backing off
     q(conn, schema.name, "update {s}.jobs set run_at = now() returning id")
@@ -147,7 +165,9 @@ def test_failure_retries_with_backoff_then_fails_permanently(conn, schema, datab
     assert row == [(2, 2, "boom")]
 
 
-def test_permanent_failure_skips_the_remaining_attempts(conn, schema, database_url):
+def test_permanent_failure_skips_the_remaining_attempts(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     add_job(conn, JobSpec("a", max_attempts=10), schema)
     pool = new_pool(conn, schema)
     [j] = fetch(database_url, schema, pool)
@@ -155,7 +175,9 @@ def test_permanent_failure_skips_the_remaining_attempts(conn, schema, database_u
     assert q(conn, schema.name, "select attempts, max_attempts from {s}.jobs") == [(10, 10)]
 
 
-def test_job_key_replaces_a_waiting_job(conn, schema, database_url):
+def test_job_key_replaces_a_waiting_job(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     first = add_job(conn, JobSpec("a", payload={"v": 1}, job_key="k"), schema)
     second = add_job(conn, JobSpec("b", payload={"v": 2}, job_key="k"), schema)
     assert first == second
@@ -163,7 +185,9 @@ def test_job_key_replaces_a_waiting_job(conn, schema, database_url):
     assert rows == [("b", {"v": 2})]
 
 
-def test_job_key_of_a_running_job_goes_to_a_new_job(conn, schema, database_url):
+def test_job_key_of_a_running_job_goes_to_a_new_job(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     first = add_job(conn, JobSpec("a", payload={"v": 1}, job_key="k"), schema)
     pool = new_pool(conn, schema)
     [running] = fetch(database_url, schema, pool)
@@ -174,20 +198,28 @@ def test_job_key_of_a_running_job_goes_to_a_new_job(conn, schema, database_url):
     assert rows == [(first, None, {"v": 1}), (second, "k", {"v": 2})]
 
 
-def test_add_job_from_sql(conn, schema, database_url):
+def test_add_job_from_sql(conn: psycopg.Connection, schema: Schema, database_url: str) -> None:
     q(conn, schema.name, "select {s}.add_job('a', '{{\"x\": 1}}', queue_name => 'sqlq')")
     pool = new_pool(conn, schema)
     [job] = fetch(database_url, schema, pool)
     assert (job.task_identifier, job.payload, job.queue_name) == ("a", {"x": 1}, "sqlq")
 
 
-def test_stale_completion_after_a_sweep_is_rejected(conn, schema, database_url):
+def test_stale_completion_after_a_sweep_is_rejected(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     job = add_job(conn, JobSpec("a"), schema)
     stale = new_pool(conn, schema)
-    [j] = fetch(database_url, schema, stale)
+    [taken] = fetch(database_url, schema, stale)
+    assert taken.id == job
     # The pool stops heartbeating; the sweep declares it dead and frees the job.
-    q(conn, schema.name, "update {s}.pools set heartbeat_at = now() - interval '1 hour' "
-      "where pool_id = %s returning 1", [stale])
+    q(
+        conn,
+        schema.name,
+        "update {s}.pools set heartbeat_at = now() - interval '1 hour' "
+        "where pool_id = %s returning 1",
+        [stale],
+    )
     result = sweep(conn, schema, threshold_s=60)
     assert result.ran and result.dead_pools == [stale] and result.released_jobs == 1
     fresh = new_pool(conn, schema)
@@ -203,7 +235,9 @@ def test_stale_completion_after_a_sweep_is_rejected(conn, schema, database_url):
     assert fetch(database_url, schema, stale) == []
 
 
-def test_sweep_runs_one_at_a_time(conn, schema, database_url):
+def test_sweep_runs_one_at_a_time(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
     with psycopg.connect(database_url, autocommit=True) as other, other.transaction():
         other.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("sweep")])
         assert not sweep(conn, schema, threshold_s=60).ran

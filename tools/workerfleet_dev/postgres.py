@@ -41,10 +41,7 @@ def _wheel_install_dir() -> Path:
 
 
 def _traversable_by_others(path: Path) -> bool:
-    for part in [path, *path.parents]:
-        if not part.stat().st_mode & stat.S_IXOTH:
-            return False
-    return True
+    return all(part.stat().st_mode & stat.S_IXOTH for part in [path, *path.parents])
 
 
 def _service_user() -> pwd.struct_passwd | None:
@@ -81,7 +78,7 @@ def _binaries_for(user: pwd.struct_passwd | None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(install, tmp, symlinks=True)
         for dirpath, _dirnames, filenames in os.walk(tmp):
-            os.chmod(dirpath, 0o755)
+            os.chmod(dirpath, 0o755)  # noqa: S103 - read-only binaries for the service user
             for f in filenames:
                 p = Path(dirpath) / f
                 if not p.is_symlink():
@@ -212,10 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with LocalPostgres(port=args.port) as pg:
         print(pg.url, flush=True)
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -24,7 +25,7 @@ def parse_duration(text: str | float | int) -> float:
                 f"invalid duration {text!r}: use e.g. 250ms, 10s, 5m, 1h30m or plain seconds"
             ) from None
         return sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
-    if seconds < 0 or seconds != seconds:  # NaN check without importing math
+    if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"duration must be a non-negative number: {text!r}")
     return seconds
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fleet_worker.runtime import Worker
 
+log = logging.getLogger("fleet_worker")
 _STATES = ("starting", "waiting-for-schema", "active", "draining", "stopped")
 
 
@@ -24,6 +26,7 @@ class HealthServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        log.info("health endpoint on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from fleet_worker.recovery import release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("fleet_worker")
+CORE_PROTOCOL = "core/0001"  # the migration that creates the pools table
 T = TypeVar("T")
 
 
@@ -151,8 +153,10 @@ class Worker:
             loop.add_signal_handler(sig, self._on_signal, sig)
         background: list[asyncio.Task[None]] = []
         try:
-            await self._register()
             await self.health.start()
+            if not await self._install_protocol():
+                return self._exit()
+            await self._register()
             background = [
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._sweep_loop(), name="sweep"),
@@ -174,9 +178,44 @@ class Worker:
                 await self._jobs_conn.close()
             self.maintenance.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
+        return self._exit()
+
+    def _exit(self) -> ExitCode:
         code = self.exit_code if self.exit_code is not None else ExitCode.OK
         log.info("exit %d (%s): %s", code, code.name, self.exit_reason)
         return code
+
+    async def _install_protocol(self) -> bool:
+        """The pools table comes from core migrations, so a fresh database needs them before
+        this process can register: self mode applies the safe ones now (harmless to anyone),
+        external mode waits for the migration Job. Unregistered, the worker is not ready."""
+        announced = False
+        while not self._stop.is_set():
+            try:
+                state = await self._assess()
+                if state.mismatched:
+                    self.request_stop(ExitCode.SCHEMA_ERROR, state.describe())
+                    return False
+                if not any(m.id == CORE_PROTOCOL for m in state.pending):
+                    return True
+                if self.settings.mode == "self":
+                    await self.maintenance.run(
+                        lambda c: migrations.migrate(
+                            c, self.schema, self.catalog, to=CORE_PROTOCOL, breaking=False
+                        )
+                    )
+                    continue
+                if not announced:
+                    log.info("waiting for the schema %s to be installed", self.schema.name)
+                    announced = True
+            except DatabaseUnavailableError as exc:
+                self.request_stop(ExitCode.ERROR, str(exc))
+                return False
+            except migrations.MigrationError as exc:
+                self.request_stop(ExitCode.SCHEMA_ERROR, str(exc))
+                return False
+            await self._sleep(self.settings.poll_interval)
+        return False
 
     async def _register(self) -> None:
         who = PoolIdentity.from_env(fleet=self.settings.fleet, version=self.version)
@@ -473,11 +512,14 @@ class Worker:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            pool_id = self._pool()
-            running = len(self.running)
             try:
                 beat = await self.maintenance.run(
-                    lambda c: heartbeat(c, self.schema, pool_id, running_jobs=running)
+                    functools.partial(
+                        heartbeat,
+                        schema=self.schema,
+                        pool_id=self._pool(),
+                        running_jobs=len(self.running),
+                    )
                 )
                 self._after_beat(beat.state, beat.reason)
                 if self.state == "active":
@@ -523,14 +565,22 @@ class Worker:
             with contextlib.suppress(DatabaseUnavailableError):
                 await self._set_state("draining", self.exit_reason)
             log.info("draining: waiting for %d running job(s)", len(self.running))
-            waiters = asyncio.gather(*self.running.values(), return_exceptions=True)
-            force = asyncio.create_task(self._force.wait())
+            jobs = list(self.running.values())
+
+            async def all_finished() -> None:
+                await asyncio.gather(*jobs, return_exceptions=True)
+
+            async def forced() -> None:
+                await self._force.wait()
+
+            waiters = [asyncio.create_task(all_finished()), asyncio.create_task(forced())]
             await asyncio.wait(
-                [asyncio.ensure_future(waiters), force],
+                waiters,
                 timeout=self.settings.graceful_shutdown_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            force.cancel()
+            for waiter in waiters:
+                waiter.cancel()
         leftovers = list(self.running)
         for job_task in list(self.running.values()):
             job_task.cancel()

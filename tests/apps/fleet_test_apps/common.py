@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 import pydantic
-from psycopg import sql
-
 from fleet_worker import App, JobContext
+from psycopg import sql
 
 _local = threading.local()
 

@@ -1,0 +1,198 @@
+"""Real `fleet-worker run` processes against a real PostgreSQL: crash recovery, graceful
+shutdown, fencing, external migration mode."""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+from fleet_worker.exit_codes import ExitCode
+from fleet_worker.migrate import migrate
+from fleet_worker.queue import JobSpec, add_jobs
+
+from tests.helpers import FAST, WorkerProcess, kill, pool_states, q, wait_for
+
+pytestmark = pytest.mark.integration
+V1 = "fleet_test_apps.v1"
+V2 = "fleet_test_apps.v2"
+
+
+def install(conn: psycopg.Connection, schema: str, app_dir: str = "migrations_v1") -> Schema:
+    s = Schema(schema)
+    migrate(conn, s, Catalog.load(Path(__file__).parents[1] / "apps/fleet_test_apps" / app_dir))
+    return s
+
+
+def ledger(conn: psycopg.Connection, schema: str) -> list[int]:
+    return [int(r[0]) for r in q(conn, schema, "select job_id from {s}.ledger order by id")]
+
+
+def remaining(conn: psycopg.Connection, schema: str) -> int:
+    return int(q(conn, schema, "select count(*) from {s}.jobs")[0][0])
+
+
+def active_pools(conn: psycopg.Connection, schema: str) -> list[str]:
+    return [p for p, st in pool_states(conn, schema).items() if st == "active"]
+
+
+def test_sigkill_mid_job_the_job_runs_again_after_the_threshold(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    s = install(conn, schema_name)
+    ids = add_jobs(conn, [JobSpec("work", {"sleep": 30}) for _ in range(3)], s)
+    victim = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+    try:
+        wait_for(lambda: len(ledger(conn, schema_name)) == 3, what="jobs started")
+        [dead_pool] = active_pools(conn, schema_name)
+        kill(victim)
+        # Make the rerun fast: the recovered attempts should not sleep again.
+        q(conn, schema_name, "update {s}.jobs set payload = '{{}}' returning id")
+        rescuer = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+        wait_for(lambda: remaining(conn, schema_name) == 0, timeout=30, what="recovery")
+        rescuer.signal(signal.SIGTERM)
+        assert rescuer.wait() == ExitCode.OK
+    finally:
+        victim.stop()
+    runs = ledger(conn, schema_name)
+    assert sorted(runs) == sorted(ids * 2)  # each job: the killed attempt, then the rerun
+    assert pool_states(conn, schema_name)[dead_pool] == "dead"
+    reasons = q(conn, schema_name, "select reason from {s}.pools where pool_id = %s", [dead_pool])
+    assert "no heartbeat" in str(reasons[0][0])
+
+
+def test_sigterm_finishes_running_jobs_and_loses_nothing(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    s = install(conn, schema_name)
+    ids = add_jobs(conn, [JobSpec("work", {"sleep": 0.2}) for _ in range(60)], s)
+    worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST, "--concurrency", "4")
+    try:
+        wait_for(lambda: len(ledger(conn, schema_name)) >= 8, what="some jobs done")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == ExitCode.OK
+        first_runs = ledger(conn, schema_name)
+        assert len(first_runs) < len(ids), "the test must stop the worker mid-stream"
+        # Every job it started, it finished: none is left locked or half-done.
+        assert q(
+            conn, schema_name, "select count(*) from {s}.jobs where locked_by is not null"
+        ) == [(0,)]
+        assert remaining(conn, schema_name) == len(ids) - len(first_runs)
+        [(state, reason)] = q(conn, schema_name, "select state, reason from {s}.pools")
+        assert state == "stopped" and "SIGTERM" in str(reason)
+        second = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+        wait_for(lambda: remaining(conn, schema_name) == 0, what="the rest done")
+        second.signal(signal.SIGTERM)
+        assert second.wait() == ExitCode.OK
+    finally:
+        worker.stop()
+    runs = ledger(conn, schema_name)
+    assert sorted(runs) == sorted(ids)  # nothing lost, nothing run twice
+
+
+def test_jobs_over_the_graceful_timeout_are_released_not_lost(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    s = install(conn, schema_name)
+    [slow] = add_jobs(conn, [JobSpec("work", {"sleep": 60})], s)
+    args = [*FAST, "--graceful-shutdown-timeout", "0.5s"]
+    worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *args)
+    try:
+        wait_for(lambda: ledger(conn, schema_name) == [slow], what="slow job started")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == ExitCode.OK
+    finally:
+        worker.stop()
+    [(locked_by, attempts, error)] = q(
+        conn, schema_name, "select locked_by, attempts, last_error from {s}.jobs"
+    )
+    assert locked_by is None and attempts == 1 and "shut down" in str(error)
+    assert "released 1 job(s)" in worker.log()
+
+
+def test_second_signal_forces_the_stop(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    s = install(conn, schema_name)
+    add_jobs(conn, [JobSpec("work", {"sleep": 60})], s)
+    args = [*FAST, "--graceful-shutdown-timeout", "60s"]
+    worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *args)
+    try:
+        wait_for(lambda: len(ledger(conn, schema_name)) == 1, what="job started")
+        worker.signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in worker.log(), what="draining")
+        worker.signal(signal.SIGINT)
+        assert worker.wait(timeout=10) == ExitCode.OK
+    finally:
+        worker.stop()
+    assert q(conn, schema_name, "select locked_by from {s}.jobs") == [(None,)]
+    assert q(conn, schema_name, "select state from {s}.pools") == [("stopped",)]
+
+
+def test_a_pool_declared_dead_exits_fenced(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    install(conn, schema_name)
+    worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+    try:
+        [pool] = wait_for(lambda: active_pools(conn, schema_name), what="active pool")
+        q(
+            conn,
+            schema_name,
+            "update {s}.pools set state = 'dead' where pool_id = %s returning 1",
+            [pool],
+        )
+        assert worker.wait(timeout=10) == ExitCode.FENCED
+    finally:
+        worker.stop()
+    assert "marked dead" in worker.log()
+
+
+def test_external_mode_waits_not_ready_until_the_schema_arrives(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    install(conn, schema_name, "migrations_v1")
+    worker = WorkerProcess(
+        database_url, schema_name, V2, tmp_path, *FAST, "--migrations", "external"
+    )
+    try:
+        wait_for(
+            lambda: "waiting-for-schema" in pool_states(conn, schema_name).values(),
+            what="waiting pool",
+        )
+        port = wait_for(lambda: _health_port(worker), what="health port")
+        assert _get(port, "/readyz")[0] == 503
+        assert _get(port, "/healthz")[0] == 200
+        # The worker never applies anything itself in external mode.
+        assert [r[0] for r in q(conn, schema_name, "select id from {s}.migrations")] == [
+            "core/0001",
+            "app/0001",
+        ]
+        install(conn, schema_name, "migrations_v2")  # what the operator's Job does
+        wait_for(lambda: active_pools(conn, schema_name), what="active after migration")
+        wait_for(lambda: _get(port, "/readyz")[0] == 200, what="ready")
+        status, body = _get(port, "/metrics")
+        assert status == 200 and 'fleet_worker_pool_state{state="active"' in body
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == ExitCode.OK
+    finally:
+        worker.stop()
+
+
+def _health_port(worker: WorkerProcess) -> int | None:
+    for line in worker.log().splitlines():
+        if "health endpoint on" in line:
+            return int(line.rsplit(":", 1)[1])
+    return None
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
