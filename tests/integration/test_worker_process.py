@@ -196,3 +196,36 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def test_a_database_outage_fences_the_worker_and_loses_nothing(tmp_path: Path) -> None:
+    """Stop PostgreSQL under a running job for longer than the sweep threshold: the worker
+    stops fetching, keeps its job, and completes it exactly once when the database returns."""
+    from workerfleet_dev.postgres import LocalPostgres
+
+    pg = LocalPostgres()
+    pg.start()
+    worker: WorkerProcess | None = None
+    try:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            s = install(conn, "outage")
+            [job] = add_jobs(conn, [JobSpec("work", {"sleep": 4})], s)
+        worker = WorkerProcess(pg.url, "outage", V1, tmp_path, *FAST)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            wait_for(lambda: ledger(conn, "outage") == [job], what="job started")
+        pg.stop_server()
+        wait_for(lambda: "not fetching" in worker.log(), what="self-fencing", timeout=10)
+        pg.start()
+        wait_for(lambda: "heartbeat restored" in worker.log(), what="heartbeat restored")
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            wait_for(lambda: remaining(conn, "outage") == 0, what="job completed")
+            assert ledger(conn, "outage") == [job]  # ran once, completed once
+            assert active_pools(conn, "outage")
+            [(dead,)] = q(conn, "outage", "select count(*) from {s}.pools where state = 'dead'")
+            assert dead == 0
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == ExitCode.OK
+    finally:
+        if worker is not None:
+            worker.stop()
+        pg.stop()

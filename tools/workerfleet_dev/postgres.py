@@ -175,6 +175,13 @@ class LocalPostgres:
         return self.url
 
     def stop(self) -> None:
+        self.stop_server()
+        if self._own_dir:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop_server(self) -> None:
+        """Stop the server but keep its data: `start()` brings the same database back on the
+        same port (tests use this to simulate an outage)."""
         if self._pid is not None:
             try:
                 os.kill(self._pid, signal.SIGINT)  # "fast" shutdown
@@ -186,8 +193,6 @@ class LocalPostgres:
             except ProcessLookupError:
                 pass
             self._pid = None
-        if self._own_dir:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalPostgres:
         self.start()

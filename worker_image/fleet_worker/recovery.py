@@ -45,9 +45,13 @@ class SweepResult:
     released_jobs: int
 
 
-def sweep(conn: psycopg.Connection, schema: Schema, threshold_s: float) -> SweepResult:
+def sweep(
+    conn: psycopg.Connection, schema: Schema, threshold_s: float, *, sweeper: str | None = None
+) -> SweepResult:
     """One sweep, if no one else is sweeping: pools silent for `threshold_s` (database clock)
-    become dead and lose their locks; locks still held by already-terminal pools are freed."""
+    become dead and lose their locks; locks still held by already-terminal pools are freed.
+    A sweeping worker never declares itself dead: it is evidently running, and after a
+    database outage its own stale heartbeat would otherwise race its next beat."""
     with conn.transaction():
         got = conn.execute(
             "select pg_try_advisory_xact_lock(hashtext(%s))", [schema.lock_key("sweep")]
@@ -60,9 +64,10 @@ def sweep(conn: psycopg.Connection, schema: Schema, threshold_s: float) -> Sweep
                        reason = format('no heartbeat for %%s (threshold %%s s)',
                                        date_trunc('second', now() - heartbeat_at), %s::text)
                    where state = any(%s) and heartbeat_at < now() - make_interval(secs => %s)
+                     and pool_id is distinct from %s::uuid
                    returning pool_id::text"""
             ),
-            [str(threshold_s), list(LIVE_STATES), threshold_s],
+            [str(threshold_s), list(LIVE_STATES), threshold_s, sweeper],
         ).fetchall()
         dead = [r[0] for r in rows]
         leftovers = conn.execute(

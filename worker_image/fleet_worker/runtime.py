@@ -540,7 +540,9 @@ class Worker:
             await asyncio.sleep(self.settings.sweep_interval)
             try:
                 result = await self.maintenance.run(
-                    lambda c: sweep(c, self.schema, self.settings.sweep_threshold)
+                    lambda c: sweep(
+                        c, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id
+                    )
                 )
             except DatabaseUnavailableError as exc:
                 log.warning("sweep skipped: %s", exc)

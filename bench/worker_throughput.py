@@ -1,0 +1,209 @@
+"""fleet-worker benchmarks: processing and enqueue throughput, each beside its baseline in
+the same run, and the time from SIGKILL to recovery with default settings.
+
+    python -m bench.worker_throughput [--jobs N] [--skip-recovery] [--json PATH]
+
+Prints a table and writes JSON (bench/results/worker.json by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+from fleet_worker.migrate import migrate
+from fleet_worker.queue import JobSpec, add_job, add_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    from workerfleet_dev.postgres import LocalPostgres
+
+    with LocalPostgres() as pg:
+        yield pg.url
+
+
+def fresh_schema(conn: psycopg.Connection) -> Schema:
+    schema = Schema(f"bench_{uuid.uuid4().hex[:8]}")
+    migrate(conn, schema, Catalog.load())
+    return schema
+
+
+def start_worker(url: str, schema: Schema, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet_worker.cli",
+            "--log-level",
+            "WARNING",
+            "run",
+            "--app",
+            "bench.bench_app",
+            "--schema",
+            schema.name,
+            "--health-port",
+            "0",
+            *args,
+        ],
+        env=env,
+    )
+
+
+def count(conn: psycopg.Connection, schema: Schema) -> int:
+    row = conn.execute(schema.q("select count(*) from {s}.jobs")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+def processing_rate(url: str, jobs: int, *worker_args: str) -> float:
+    """No-op jobs per second through one worker process, queue pre-filled."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = fresh_schema(conn)
+        for start in range(0, jobs, 1000):
+            add_jobs(conn, [JobSpec("noop") for _ in range(min(1000, jobs - start))], schema)
+        proc = start_worker(url, schema, "--concurrency", "50", *worker_args)
+        try:
+            while count(conn, schema) == jobs:
+                time.sleep(0.005)
+            began = time.perf_counter()
+            while count(conn, schema) > 0:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - began
+        finally:
+            stop(proc)
+    return jobs / elapsed
+
+
+def enqueue_rates(url: str, jobs: int) -> tuple[float, float]:
+    """(one add_job round trip per job, pipelined batches of 500)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = fresh_schema(conn)
+        single = max(1000, jobs // 10)
+        began = time.perf_counter()
+        for _ in range(single):
+            add_job(conn, JobSpec("noop"), schema)
+        one_by_one = single / (time.perf_counter() - began)
+        began = time.perf_counter()
+        for start in range(0, jobs, 500):
+            add_jobs(conn, [JobSpec("noop") for _ in range(min(500, jobs - start))], schema)
+        batched = jobs / (time.perf_counter() - began)
+    return one_by_one, batched
+
+
+def recovery_seconds(url: str, *worker_args: str) -> float:
+    """SIGKILL a worker holding a job; seconds until another worker holds it again."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = fresh_schema(conn)
+        job = add_job(conn, JobSpec("hold"), schema)
+        victim = start_worker(url, schema, *worker_args)
+        first_pool = None
+        while first_pool is None:
+            got = conn.execute(
+                schema.q("select locked_by from {s}.jobs where id = %s"), [job]
+            ).fetchone()
+            first_pool = got[0] if got else None
+            time.sleep(0.01)
+        rescuer = start_worker(url, schema, *worker_args)
+        time.sleep(2)  # the rescuer is up and heartbeating before the crash
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed = time.perf_counter()
+        try:
+            while True:
+                row = conn.execute(
+                    schema.q("select locked_by from {s}.jobs where id = %s"), [job]
+                ).fetchone()
+                if row and row[0] is not None and row[0] != first_pool:
+                    return time.perf_counter() - killed
+                time.sleep(0.05)
+        finally:
+            rescuer.send_signal(signal.SIGKILL)
+            rescuer.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument(
+        "--skip-recovery",
+        action="store_true",
+        help="skip the ~90 s default-settings recovery measurement",
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "bench/results/worker.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"jobs": args.jobs, "cpu_count": os.cpu_count()}
+    with database() as url:
+        results["process_batched_jobs_per_s"] = processing_rate(url, args.jobs)
+        results["process_unbatched_jobs_per_s"] = processing_rate(
+            url, args.jobs // 4, "--batch-size", "1"
+        )
+        single, batched = enqueue_rates(url, args.jobs)
+        results["enqueue_single_jobs_per_s"] = single
+        results["enqueue_batched_jobs_per_s"] = batched
+        results["recovery_fast_settings_s"] = recovery_seconds(
+            url, "--heartbeat-interval", "1s", "--sweep-interval", "1s", "--sweep-threshold", "3s"
+        )
+        if not args.skip_recovery:
+            results["recovery_default_settings_s"] = recovery_seconds(url)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    rows = [
+        (
+            "processing, no-op jobs, 1 process",
+            "batched fetch",
+            results["process_batched_jobs_per_s"],
+            "batch size 1",
+            results["process_unbatched_jobs_per_s"],
+            "jobs/s",
+        ),
+        (
+            "enqueue",
+            "pipelined batches of 500",
+            results["enqueue_batched_jobs_per_s"],
+            "one add_job per call",
+            results["enqueue_single_jobs_per_s"],
+            "jobs/s",
+        ),
+        (
+            "SIGKILL to job re-locked",
+            "heartbeat 1s/threshold 3s",
+            results["recovery_fast_settings_s"],
+            "defaults 10s/30s/60s",
+            results.get("recovery_default_settings_s", float("nan")),
+            "s",
+        ),
+    ]
+    print(json.dumps(results, indent=2))
+    print(f"\n{'measure':<34} {'ours':<28} {'value':>10}   {'baseline':<22} {'value':>10}")
+    for name, ours, a, base, b, unit in rows:
+        print(f"{name:<34} {ours:<28} {a:>10.1f}   {base:<22} {b:>10.1f} {unit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
