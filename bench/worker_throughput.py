@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from fleet_worker.catalog import Catalog, CatalogError
 from fleet_worker.db import Schema
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.migrate import MigrationError, migrate
 from fleet_worker.queue import JobSpec, add_job
-
 from tests.conftest import APPS_DIR
 from tests.helpers import FAST, WorkerProcess, q, wait_for
 

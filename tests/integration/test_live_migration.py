@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fleet_worker.exit_codes import ExitCode
 
+from fleet_worker.exit_codes import ExitCode
 from tests.helpers import FAST, Producer, WorkerProcess, q, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
@@ -24,7 +25,6 @@ from fleet_worker.queue import (
     fetch_jobs,
 )
 from fleet_worker.recovery import sweep
-
 from tests.helpers import q
 
 pytestmark = pytest.mark.integration

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.migrate import migrate
 from fleet_worker.queue import JobSpec, add_jobs
-
 from tests.helpers import FAST, WorkerProcess, kill, pool_states, q, wait_for
 
 pytestmark = pytest.mark.integration

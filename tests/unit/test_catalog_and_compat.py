@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fleet_worker.catalog import Catalog, CatalogError, Migration, load_directory, parse_header
 from fleet_worker.compat import AppliedMigration, assess
 from fleet_worker.identifiers import InvalidIdentifierError, validate_schema_name
 from fleet_worker.queue import backoff_seconds
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def test_header_markers() -> None:

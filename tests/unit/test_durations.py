@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from fleet_worker.durations import format_duration, parse_duration
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fleet_worker.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from typing import Any
 
 import psycopg
 import pydantic
-from fleet_worker import App, JobContext
 from psycopg import sql
+
+from fleet_worker import App, JobContext
 
 _local = threading.local()
 
