@@ -1,0 +1,200 @@
+"""Kubernetes objects the operator creates: worker pods and migration Jobs. Pure: spec in,
+manifest out; the revision hash is what makes a pod outdated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from workerfleet_operator.models import GROUP, KIND, VERSION, WorkerFleetSpec
+from workerfleet_operator.planner import migration_job_name
+
+LABEL_FLEET = f"{GROUP}/fleet"
+LABEL_REVISION = f"{GROUP}/revision"
+LABEL_VERSION = f"{GROUP}/version"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+ANNOTATION_TARGET = f"{GROUP}/migration-target"
+CONTAINER = "worker"
+# Pods get this long beyond the worker's own graceful timeout to release and exit.
+GRACE_MARGIN_S = 15
+
+
+def _label_value(text: str) -> str:
+    value = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
+    return value or "none"
+
+
+def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
+    ref = spec.database.secret_ref
+    return [
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
+        {"name": "FLEET_SCHEMA", "value": spec.schema_name},
+        {"name": "FLEET_NAME", "value": name},
+        {"name": "WORKER_VERSION", "value": spec.version},
+        {"name": "WORKER_IMAGE", "value": spec.image_ref},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *spec.template.env,
+    ]
+
+
+def worker_args(name: str, spec: WorkerFleetSpec) -> list[str]:
+    return [
+        "run",
+        "--app", spec.app,
+        "--migrations", "external",
+        "--fleet", name,
+        "--worker-version", spec.version,
+        "--concurrency", str(spec.concurrency),
+        "--heartbeat-interval", spec.heartbeat_interval,
+        "--sweep-interval", spec.sweep_interval,
+        "--sweep-threshold", spec.sweep_threshold,
+        "--max-migration-wait-time", spec.max_migration_wait_time,
+        "--graceful-shutdown-timeout", spec.graceful_shutdown_timeout,
+        "--health-port", str(spec.health_port),
+        *spec.args,
+    ]  # fmt: skip
+
+
+def _pod_spec(name: str, spec: WorkerFleetSpec) -> dict[str, Any]:
+    t = spec.template
+    port = spec.health_port
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image_ref,
+        "command": ["fleet-worker"],
+        "args": worker_args(name, spec),
+        "env": _pod_env(name, spec),
+        "ports": [{"name": "health", "containerPort": port}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "initialDelaySeconds": 10,
+        },
+    }
+    if t.resources is not None:
+        container["resources"] = t.resources
+    if t.container_security_context is not None:
+        container["securityContext"] = t.container_security_context
+    pod: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": int(spec.seconds("graceful_shutdown_timeout"))
+        + GRACE_MARGIN_S,
+        "containers": [container],
+    }
+    optional = {
+        "nodeSelector": t.node_selector or None,
+        "tolerations": t.tolerations or None,
+        "affinity": t.affinity,
+        "securityContext": t.security_context,
+        "serviceAccountName": t.service_account_name,
+        "imagePullSecrets": t.image_pull_secrets or None,
+        "priorityClassName": t.priority_class_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v is not None})
+    return pod
+
+
+def revision(name: str, spec: WorkerFleetSpec) -> str:
+    """Hash of everything that makes one worker pod differ from another; replicas, rollout
+    settings and pause do not count."""
+    material = {
+        "pod": _pod_spec(name, spec),
+        "labels": spec.template.labels,
+        "annotations": spec.template.annotations,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _owner(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def fleet_selector(name: str) -> str:
+    return f"{LABEL_FLEET}={name}"
+
+
+def worker_pod(name: str, uid: str, spec: WorkerFleetSpec, rev: str) -> dict[str, Any]:
+    labels = {
+        **spec.template.labels,
+        "app.kubernetes.io/name": "workerfleet",
+        LABEL_COMPONENT: "worker",
+        LABEL_FLEET: name,
+        LABEL_REVISION: rev,
+        LABEL_VERSION: _label_value(spec.version),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{name}-{rev[:6]}-",
+            "labels": labels,
+            "annotations": {**spec.template.annotations, f"{GROUP}/version": spec.version},
+            "ownerReferences": [_owner(name, uid)],
+        },
+        "spec": _pod_spec(name, spec),
+    }
+
+
+def migration_job(name: str, uid: str, spec: WorkerFleetSpec, rev: str, to: str) -> dict[str, Any]:
+    ref = spec.database.secret_ref
+    container: dict[str, Any] = {
+        "name": "migrate",
+        "image": spec.image_ref,
+        "command": ["fleet-worker"],
+        "args": [
+            "migrate",
+            "--app", spec.app,
+            "--to", to,
+            "--sweep-threshold", spec.sweep_threshold,
+            "--force-after", spec.max_migration_wait_time,
+        ],
+        "env": [
+            {"name": "DATABASE_URL",
+             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
+            {"name": "FLEET_SCHEMA", "value": spec.schema_name},
+        ],
+    }  # fmt: skip
+    if spec.template.container_security_context is not None:
+        container["securityContext"] = spec.template.container_security_context
+    labels = {
+        LABEL_FLEET: name,
+        LABEL_REVISION: rev,
+        LABEL_COMPONENT: "migration",
+        LABEL_VERSION: _label_value(spec.version),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": migration_job_name(name, rev, to),
+            "labels": labels,
+            "annotations": {ANNOTATION_TARGET: to},
+            "ownerReferences": [_owner(name, uid)],
+        },
+        "spec": {
+            "backoffLimit": 1,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }

@@ -1,0 +1,75 @@
+"""What the operator sees, as plain frozen data: pods from the API, pools and schema from
+PostgreSQL, the migration Job. The planner is a pure function of this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+LIVE_POOL_STATES = frozenset({"starting", "waiting-for-schema", "active", "draining"})
+EXIT_OUT_OF_DATE = 57
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    revision: str
+    version: str
+    created_at: datetime
+    phase: str  # Pending, Running, Succeeded, Failed
+    ready: bool
+    terminating: bool
+    restarts: int = 0
+    # The last time a worker container ended and how (from containerStatuses).
+    last_exit_code: int | None = None
+    last_finished_at: datetime | None = None
+    waiting_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class MigrationInfo:
+    id: str
+    breaking: bool
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    pool_id: str
+    fleet: str
+    pod_name: str | None
+    version: str
+    state: str
+    live: bool  # live state and a fresh heartbeat
+    started_at: datetime
+    catalog: tuple[MigrationInfo, ...]
+    running_jobs: int = 0
+
+    def knows(self, migration_id: str) -> bool:
+        return any(m.id == migration_id for m in self.catalog)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    name: str
+    target: str  # the migration id it migrates to
+    revision: str
+    active: bool
+    succeeded: bool
+    failed: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    pods: tuple[PodInfo, ...]
+    pools: tuple[PoolInfo, ...]  # every pool of this schema, in and outside Kubernetes
+    applied: tuple[MigrationInfo, ...]
+    jobs: tuple[JobInfo, ...] = ()
+    approved_migration: str | None = None  # from the approval annotation
+    database_error: str | None = None
+    secret_error: str | None = None
+
+    def pool_of(self, pod: PodInfo) -> PoolInfo | None:
+        """The newest pool registered by this pod (a restarted container registers anew)."""
+        mine = [p for p in self.pools if p.pod_name == pod.name]
+        return max(mine, key=lambda p: p.started_at) if mine else None

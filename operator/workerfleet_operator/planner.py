@@ -1,0 +1,592 @@
+"""The rollout engine's functional core: from (spec, observation, clock, previous status) to
+the one next action and the full status. No I/O here; every decision is unit-tested.
+
+The order of concerns, highest first:
+  1. errors that stop everything (Secret, database, refused version, failed migration);
+  2. fast recovery: pools whose container Kubernetes saw end are released at once;
+  3. pause;
+  4. the schema: learn the target catalog from a new pod's pool, run safe migrations first,
+     breaking ones only once no live outdated pool remains (or after the wait, by eviction);
+  5. pods: surge one new pod, replace old pods one at a time, scale.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from workerfleet_operator.models import Condition, SchemaStatus, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.observation import (
+    EXIT_OUT_OF_DATE,
+    LIVE_POOL_STATES,
+    JobInfo,
+    MigrationInfo,
+    Observation,
+    PodInfo,
+    PoolInfo,
+)
+
+APPROVAL_ANNOTATION = "workerfleet.dev/approve-migration"
+
+
+# -- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoAction:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunMigration:
+    to: str  # the last migration id the Job applies
+    breaking: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleasePools:
+    """Mark pools dead and release their jobs: Kubernetes saw their process end."""
+
+    pool_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class EvictOutdated:
+    """The migration wait expired: evict the live pools lacking `migration` and release
+    their jobs, so the breaking migration can run next."""
+
+    migration: str
+    pool_ids: tuple[str, ...]
+    reason: str
+
+
+Action = NoAction | CreatePod | DeletePod | RunMigration | ReleasePools | EvictOutdated
+
+
+@dataclass
+class Plan:
+    action: Action
+    status: WorkerFleetStatus
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+# -- pure helpers -------------------------------------------------------------------------
+
+
+def migration_job_name(fleet: str, revision: str, target: str) -> str:
+    """Deterministic, so a restarted operator finds the Job it already created."""
+    safe_target = target.replace("/", "-").replace("_", "-").lower()
+    return f"{fleet}-migrate-{revision[:8]}-{safe_target}"[:63].rstrip("-")
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(t: str | None) -> datetime | None:
+    if not t:
+        return None
+    return datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def catalog_of(
+    obs: Observation, version: str, new_pods: list[PodInfo]
+) -> tuple[MigrationInfo, ...] | None:
+    """The migrations `version` knows: from a pool of a new pod, else from any pool that
+    version ever registered (the history answers a rollback without starting a pod)."""
+    for pod in new_pods:
+        pool = obs.pool_of(pod)
+        if pool is not None:
+            return pool.catalog
+    known = [p for p in obs.pools if p.version == version]
+    if known:
+        return max(known, key=lambda p: p.started_at).catalog
+    return None
+
+
+def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
+    """Live-state pools of this fleet whose process Kubernetes saw end: the container
+    terminated after the pool started, or the pod is gone while its pool never stopped."""
+    pods = {p.name: p for p in obs.pods}
+    ended = []
+    for pool in obs.pools:
+        if pool.state not in LIVE_POOL_STATES or pool.pod_name is None or pool.fleet != fleet:
+            continue
+        pod = pods.get(pool.pod_name)
+        if pod is None or (
+            pod.last_finished_at is not None and pod.last_finished_at >= pool.started_at
+        ):
+            ended.append(pool)
+    return ended
+
+
+def delete_order(pod: PodInfo) -> tuple[bool, float]:
+    """Unready first (deleting them costs no capacity), then the newest."""
+    return (pod.ready, -pod.created_at.timestamp())
+
+
+def _reason(status: WorkerFleetStatus, type_: str) -> str | None:
+    return next((c.reason for c in status.conditions if c.type == type_), None)
+
+
+def current_version(pods: list[PodInfo], previous: str | None) -> str | None:
+    versions = [p.version for p in pods if p.ready]
+    return Counter(versions).most_common(1)[0][0] if versions else previous
+
+
+# -- the planner --------------------------------------------------------------------------
+
+
+def plan(
+    *,
+    name: str,
+    spec: WorkerFleetSpec,
+    generation: int,
+    revision: str,
+    obs: Observation,
+    now: datetime,
+    previous: WorkerFleetStatus,
+) -> Plan:
+    return _Planner(name, spec, generation, revision, obs, now, previous).run()
+
+
+class _Planner:
+    def __init__(
+        self,
+        name: str,
+        spec: WorkerFleetSpec,
+        generation: int,
+        revision: str,
+        obs: Observation,
+        now: datetime,
+        previous: WorkerFleetStatus,
+    ) -> None:
+        self.name, self.spec, self.generation, self.revision = name, spec, generation, revision
+        self.obs, self.now, self.previous = obs, now, previous
+        self.pods = [p for p in obs.pods if not p.terminating]
+        self.terminating = [p for p in obs.pods if p.terminating]
+        self.new = [p for p in self.pods if p.revision == revision]
+        self.old = [p for p in self.pods if p.revision != revision]
+        self.ready = [p for p in self.pods if p.ready]
+        self.fleet_pools = [p for p in obs.pools if p.live and p.fleet == name]
+        applied = {m.id for m in obs.applied}
+        self.target = catalog_of(obs, spec.version, self.new)
+        self.pending = [m for m in self.target or () if m.id not in applied]
+        self.events: list[tuple[str, str, str]] = []
+        self.status = self._base_status()
+        self.done = self._rollout_done()
+        if self.done:
+            self.status.rollout_started_at = None
+        elif previous.rollout_started_at is None or previous.observed_generation != generation:
+            self.status.rollout_started_at = iso(now)
+
+    def _base_status(self) -> WorkerFleetStatus:
+        target, pending = self.target, self.pending
+        outdated = 0
+        if target is not None:
+            outdated = sum(
+                1 for p in self.obs.pools if p.live and any(not p.knows(m.id) for m in target)
+            )
+        return WorkerFleetStatus(
+            observed_generation=self.generation,
+            target_version=self.spec.version,
+            current_version=current_version(self.pods, self.previous.current_version),
+            replicas=len(self.pods),
+            updated_replicas=len(self.new),
+            ready_replicas=len(self.ready),
+            active_pools=sum(1 for p in self.fleet_pools if p.state == "active"),
+            outdated_pools=outdated,
+            schema_=SchemaStatus(
+                applied=[m.id for m in self.obs.applied],
+                target=[m.id for m in target] if target is not None else [],
+                pending=[m.id for m in pending],
+                pending_breaking=[m.id for m in pending if m.breaking],
+            ),
+            rollout_started_at=self.previous.rollout_started_at,
+            migration_wait_started_at=self.previous.migration_wait_started_at,
+            migration_wait_for=self.previous.migration_wait_for,
+        )
+
+    def _rollout_done(self) -> bool:
+        if self.spec.replicas == 0:
+            return not self.pods and not self.terminating
+        return (
+            self.target is not None
+            and not self.pending
+            and not self.old
+            and not self.terminating
+            and len(self.new) == self.spec.replicas
+            and all(p.ready for p in self.new)
+        )
+
+    # -- status --------------------------------------------------------------------------
+
+    def finish(
+        self,
+        action: Action,
+        phase: str,
+        message: str,
+        *,
+        progressing: tuple[str, str] | None = None,
+        schema: tuple[str, str, str] | None = None,
+    ) -> Plan:
+        self.status.phase, self.status.message = phase, message
+        previous = {c.type: c for c in self.previous.conditions}
+        conditions: list[Condition] = []
+
+        def put(type_: str, status: str, reason: str, msg: str) -> None:
+            prev = previous.get(type_)
+            keep = prev is not None and prev.status == status
+            conditions.append(
+                Condition(
+                    type=type_,
+                    status=status,  # type: ignore[arg-type,unused-ignore]
+                    reason=reason,
+                    message=msg,
+                    observed_generation=self.generation,
+                    last_transition_time=prev.last_transition_time
+                    if keep and prev is not None
+                    else iso(self.now),
+                )
+            )
+
+        spec = self.spec
+        if self.done:
+            put(
+                "Ready",
+                "True",
+                "RolloutComplete",
+                f"{spec.replicas} pod(s) of version {spec.version} ready; schema up to date",
+            )
+        else:
+            put("Ready", "False", phase, message)
+        needed = max(spec.replicas - spec.rollout.max_unavailable, 1 if spec.replicas else 0)
+        have = len(self.ready)
+        put(
+            "Available",
+            "True" if have >= needed else "False",
+            "MinimumReplicasAvailable" if have >= needed else "MinimumReplicasUnavailable",
+            f"{have} ready pod(s), {needed} needed",
+        )
+        if progressing is None:
+            progressing = self._progressing()
+        put(
+            "Progressing",
+            progressing[0],
+            progressing[1],
+            f"version {spec.version} rolled out" if self.done else message,
+        )
+        put("MigrationsApplied", *(schema or self._schema_condition()))
+        self.status.conditions = conditions
+        return Plan(action, self.status, self.events)
+
+    def _progressing(self) -> tuple[str, str]:
+        if self.done:
+            return ("True", "NewRevisionAvailable")
+        started = parse_iso(self.status.rollout_started_at)
+        deadline = timedelta(seconds=self.spec.rollout.progress_deadline_seconds)
+        if started is not None and self.now - started > deadline:
+            return ("False", "ProgressDeadlineExceeded")
+        return ("True", "RolloutInProgress")
+
+    def _schema_condition(self) -> tuple[str, str, str]:
+        if self.target is None:
+            return ("Unknown", "CatalogUnknown", "no pool of the target version registered yet")
+        if self.pending:
+            kinds = ", ".join(
+                f"{m.id} ({'breaking' if m.breaking else 'safe'})" for m in self.pending
+            )
+            return ("False", "Pending", f"pending: {kinds}")
+        return ("True", "UpToDate", f"{len(self.target)} migration(s) applied")
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        return (
+            self._errors()
+            or self._recovery()
+            or self._refused_version()
+            or self._failed_migration()
+            or self._paused()
+            or self._schema()
+            or self._pods()
+        )
+
+    def _errors(self) -> Plan | None:
+        if self.obs.secret_error:
+            msg = self.obs.secret_error
+            return self.finish(NoAction(msg), "Failed", msg, progressing=("False", "SecretError"))
+        if self.obs.database_error:
+            msg = f"cannot read pools from the database: {self.obs.database_error}"
+            return self.finish(
+                NoAction(msg), "Degraded", msg, progressing=("False", "DatabaseUnavailable")
+            )
+        return None
+
+    def _recovery(self) -> Plan | None:
+        ended = ended_pools(self.obs, self.name)
+        if not ended:
+            return None
+        ids = tuple(p.pool_id for p in ended)
+        msg = f"releasing the jobs of {len(ids)} pool(s) whose container ended"
+        self.event("Warning", "PoolsReleased", f"{msg}: {', '.join(ids)}")
+        return self.finish(ReleasePools(ids, "its container terminated"), "Recovering", msg)
+
+    def _refused_version(self) -> Plan | None:
+        """A version the database has moved past (its pods would exit 57): refuse it."""
+        known = {m.id for m in self.target or ()}
+        unknown_breaking = [
+            m.id for m in self.obs.applied if m.breaking and self.target and m.id not in known
+        ]
+        exited = [p for p in self.new if p.last_exit_code == EXIT_OUT_OF_DATE]
+        if not unknown_breaking and not exited:
+            return None
+        which = ", ".join(unknown_breaking) or "a breaking migration"
+        msg = (
+            f"version {self.spec.version} cannot run: the database already holds {which}, "
+            "which it does not know; set a newer version"
+        )
+        if _reason(self.previous, "Progressing") != "RollbackRefused":
+            self.event("Warning", "RollbackRefused", msg)
+        refused = ("False", "RollbackRefused")
+        if self.new:
+            victim = sorted(self.new, key=delete_order)[0]
+            action: Action = DeletePod(victim.name, "its version is out of date")
+            return self.finish(action, "Failed", msg, progressing=refused)
+        return self.finish(NoAction(msg), "Failed", msg, progressing=refused)
+
+    def _failed_migration(self) -> Plan | None:
+        job = next((j for j in self.obs.jobs if j.revision == self.revision and j.failed), None)
+        if job is None or not self.pending:
+            return None
+        msg = f"migration Job {job.name} failed: {job.message or 'see its pod logs'}"
+        if self.previous.phase != "Failed":
+            self.event("Warning", "MigrationFailed", msg)
+        return self.finish(
+            NoAction(msg),
+            "Failed",
+            msg,
+            progressing=("False", "MigrationFailed"),
+            schema=("False", "MigrationFailed", msg),
+        )
+
+    def _paused(self) -> Plan | None:
+        if not self.spec.paused:
+            return None
+        return self.finish(
+            NoAction("paused"),
+            "Paused",
+            "spec.paused is true: nothing changes",
+            progressing=("Unknown", "Paused"),
+        )
+
+    def _job(
+        self, *, target: str | None = None, active: bool = False, succeeded: bool = False
+    ) -> JobInfo | None:
+        for j in self.obs.jobs:
+            if j.revision != self.revision or (target is not None and j.target != target):
+                continue
+            if (active and not j.active) or (succeeded and not j.succeeded):
+                continue
+            return j
+        return None
+
+    def _schema(self) -> Plan | None:
+        spec = self.spec
+        if self.target is None:
+            if not self.new and spec.replicas > 0:
+                msg = f"starting a pod of version {spec.version} to learn its migrations"
+                step = self._make_room(CreatePod("learn the new version's migrations"), msg)
+                if step is not None:
+                    return step
+            return self.finish(
+                NoAction("waiting for a new pod to register"),
+                "RollingOut",
+                f"waiting for a pod of version {spec.version} to register",
+            )
+        if not self.pending:
+            self.status.migration_wait_started_at = None
+            self.status.migration_wait_for = None
+            return None
+        running = self._job(active=True)
+        if running is not None:
+            msg = f"migration Job {running.name} is applying up to {running.target}"
+            return self.finish(
+                NoAction("migration running"), "Migrating", msg,
+                schema=("False", "MigrationRunning", msg),
+            )  # fmt: skip
+        safe_prefix: list[MigrationInfo] = []
+        for m in self.pending:
+            if m.breaking:
+                break
+            safe_prefix.append(m)
+        if safe_prefix:
+            return self._migrate(safe_prefix[-1].id, breaking=False)
+        return self._breaking(self.pending[0])
+
+    def _migrate(self, to: str, *, breaking: bool) -> Plan:
+        if self._job(target=to, succeeded=True) is not None:
+            # The Job finished but the database view predates it: look again, never rerun.
+            return self.finish(
+                NoAction("refreshing"), "Migrating", f"migrations up to {to} applied; refreshing"
+            )
+        kind = "including breaking" if breaking else "safe"
+        msg = f"applying {kind} migration(s) up to {to}"
+        self.event("Normal", "MigrationStarted", msg)
+        return self.finish(RunMigration(to, breaking, msg), "Migrating", msg)
+
+    def _breaking(self, breaking: MigrationInfo) -> Plan:
+        """New pods wait for the schema; old pods go one at a time; the migration runs when
+        no live pool lacking it remains, or after maxMigrationWaitTime by eviction."""
+        spec, name = self.spec, self.name
+        waiting = ("False", "WaitingForDrain", f"{breaking.id} waits for old pods to drain")
+        manual = spec.rollout.breaking_migration_approval == "Manual"
+        if manual and self.obs.approved_migration != breaking.id:
+            msg = (
+                f"breaking migration {breaking.id} awaits approval: kubectl annotate wf "
+                f"{name} {APPROVAL_ANNOTATION}={breaking.id}"
+            )
+            return self.finish(
+                NoAction("awaiting approval"), "AwaitingApproval", msg,
+                schema=("False", "AwaitingApproval", msg),
+            )  # fmt: skip
+        if len(self.pods) < self._cap and len(self.new) < spec.replicas:
+            msg = f"starting pods of version {spec.version}; they wait for {breaking.id}"
+            return self.finish(
+                CreatePod("new pods wait for the breaking migration"), "WaitingForDrain", msg,
+                schema=waiting,
+            )  # fmt: skip
+        if self.terminating:
+            msg = f"waiting for pod {self.terminating[0].name} to drain"
+            return self.finish(
+                NoAction("one old pod at a time"), "WaitingForDrain", msg, schema=waiting
+            )
+        if self.old:
+            victim = sorted(self.old, key=delete_order)[0]
+            msg = f"draining pod {victim.name} before {breaking.id}"
+            return self.finish(
+                DeletePod(victim.name, f"drain before {breaking.id}"), "WaitingForDrain", msg,
+                schema=waiting,
+            )  # fmt: skip
+        blockers = [p for p in self.obs.pools if p.live and not p.knows(breaking.id)]
+        if not blockers:
+            return self._migrate(self.pending[-1].id, breaking=True)
+        return self._wait_or_evict(breaking, blockers)
+
+    def _wait_or_evict(self, breaking: MigrationInfo, blockers: list[PoolInfo]) -> Plan:
+        status, spec = self.status, self.spec
+        if status.migration_wait_for != breaking.id or status.migration_wait_started_at is None:
+            status.migration_wait_for = breaking.id
+            status.migration_wait_started_at = iso(self.now)
+        started = parse_iso(status.migration_wait_started_at) or self.now
+        waited = (self.now - started).total_seconds()
+        limit = spec.seconds("max_migration_wait_time")
+        names = ", ".join(f"{p.pool_id[:8]} (version {p.version})" for p in blockers)
+        if waited >= limit:
+            msg = (
+                f"maxMigrationWaitTime {spec.max_migration_wait_time} passed: evicting "
+                f"pool(s) {names} and releasing their jobs before {breaking.id}"
+            )
+            self.event("Warning", "PoolsEvicted", msg)
+            action = EvictOutdated(breaking.id, tuple(p.pool_id for p in blockers), msg)
+            return self.finish(
+                action, "WaitingForDrain", msg, schema=("False", "ForcingMigration", msg)
+            )
+        msg = (
+            f"{breaking.id} waits for {len(blockers)} live outdated pool(s): {names}; "
+            f"forced in {max(0.0, limit - waited):.0f}s"
+        )
+        return self.finish(
+            NoAction("waiting for outdated pools"), "WaitingForDrain", msg,
+            schema=("False", "WaitingForDrain", msg),
+        )  # fmt: skip
+
+    @property
+    def _cap(self) -> int:
+        """Never more (non-terminating) pods than this."""
+        return self.spec.replicas + self.spec.rollout.max_surge
+
+    def _make_room(self, create: CreatePod, message: str) -> Plan | None:
+        """Create a pod within maxSurge or, with no surge left, remove one old pod first when
+        maxUnavailable allows; None when neither is possible now."""
+        if len(self.pods) < self._cap:
+            return self.finish(create, "RollingOut", message)
+        return self._delete_old()
+
+    def _delete_old(self) -> Plan | None:
+        """Remove one old pod (unready first) if that keeps maxUnavailable."""
+        if self.terminating or not self.old:
+            return None
+        victim = sorted(self.old, key=delete_order)[0]
+        ready_after = len(self.ready) - (1 if victim.ready else 0)
+        if victim.ready and ready_after < self.spec.replicas - self.spec.rollout.max_unavailable:
+            return None
+        return self.finish(
+            DeletePod(victim.name, "replaced by the new version"),
+            "RollingOut",
+            f"replacing pod {victim.name}",
+        )
+
+    def _pods(self) -> Plan:
+        spec = self.spec
+        replicas = spec.replicas
+        pods, new, old = self.pods, self.new, self.old
+        draining = [p for p in self.fleet_pools if p.state == "draining"]
+        if old:
+            if self.terminating or draining:
+                who = self.terminating[0].name if self.terminating else draining[0].pool_id
+                return self.finish(
+                    NoAction("one server at a time"), "RollingOut", f"waiting for {who} to stop"
+                )
+            if len(new) < replicas:
+                msg = f"{len(new)}/{replicas} pods at version {spec.version}"
+                step = self._make_room(CreatePod("surge"), msg)
+            else:
+                step = self._delete_old()
+            if step is not None:
+                return step
+            ready_new = sum(1 for p in new if p.ready)
+            return self.finish(
+                NoAction("waiting for new pods to be ready"),
+                "RollingOut",
+                f"{ready_new}/{replicas} new pods ready",
+            )
+        if len(pods) < replicas:
+            return self.finish(CreatePod("scale up"), "Scaling", f"{len(pods)}/{replicas} pods")
+        if len(pods) > replicas:
+            if self.terminating:
+                return self.finish(
+                    NoAction("one at a time"), "Scaling", "waiting for a pod to stop"
+                )
+            victim = sorted(pods, key=delete_order)[0]
+            return self.finish(
+                DeletePod(victim.name, "scale down"),
+                "Scaling",
+                f"{len(pods)}/{replicas} pods: removing {victim.name}",
+            )
+        if self.terminating or not all(p.ready for p in pods):
+            return self.finish(
+                NoAction("waiting for readiness"),
+                "RollingOut",
+                f"{len(self.ready)}/{replicas} pods ready",
+            )
+        return self.finish(
+            NoAction("up to date"), "Ready", f"{replicas} pod(s) of version {spec.version} ready"
+        )

@@ -1,0 +1,429 @@
+"""The planner: scenarios of a rollout step by step, and invariants over random situations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workerfleet_operator.models import WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
+from workerfleet_operator.planner import (
+    CreatePod,
+    DeletePod,
+    EvictOutdated,
+    NoAction,
+    Plan,
+    ReleasePools,
+    RunMigration,
+    plan,
+)
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+OLD, NEW = "rev-old", "rev-new"
+CORE = MigrationInfo("core/0001", False)
+SAFE = MigrationInfo("app/0002", False)
+BREAKING = MigrationInfo("app/0003", True)
+V1 = (CORE,)
+V2 = (CORE, SAFE)
+V3 = (CORE, SAFE, BREAKING)
+
+
+def spec(**overrides: Any) -> WorkerFleetSpec:
+    data: dict[str, Any] = {
+        "version": "2",
+        "image": "shop",
+        "replicas": 3,
+        "database": {"secretRef": {"name": "db"}},
+        "app": "shop.tasks",
+        "maxMigrationWaitTime": "10m",
+    }
+    rollout = overrides.pop("rollout", {})
+    data.update(overrides)
+    data["rollout"] = rollout
+    return WorkerFleetSpec.model_validate(data)
+
+
+def pod(
+    name: str,
+    rev: str,
+    *,
+    ready: bool = True,
+    version: str | None = None,
+    age_s: int = 100,
+    **kw: Any,
+) -> PodInfo:
+    return PodInfo(
+        name=name, revision=rev, version=version or ("2" if rev == NEW else "1"),
+        created_at=NOW - timedelta(seconds=age_s), phase="Running", ready=ready,
+        terminating=kw.pop("terminating", False), **kw,
+    )  # fmt: skip
+
+
+def pool(
+    pod_name: str | None,
+    catalog: tuple[MigrationInfo, ...],
+    *,
+    state: str = "active",
+    live: bool = True,
+    version: str = "1",
+    fleet: str = "shop",
+    started_s: int = 90,
+) -> PoolInfo:
+    return PoolInfo(
+        pool_id=f"pool-{pod_name or 'ext'}-{version}", fleet=fleet, pod_name=pod_name,
+        version=version, state=state, live=live, started_at=NOW - timedelta(seconds=started_s),
+        catalog=catalog,
+    )  # fmt: skip
+
+
+def run(
+    s: WorkerFleetSpec,
+    obs: Observation,
+    *,
+    previous: WorkerFleetStatus | None = None,
+    now: datetime = NOW,
+    generation: int = 2,
+) -> Plan:
+    return plan(
+        name="shop",
+        spec=s,
+        generation=generation,
+        revision=NEW,
+        obs=obs,
+        now=now,
+        previous=previous or WorkerFleetStatus(),
+    )
+
+
+def old_fleet(
+    n: int = 3, catalog: tuple[MigrationInfo, ...] = V1
+) -> tuple[list[PodInfo], list[PoolInfo]]:
+    pods = [pod(f"old-{i}", OLD, age_s=1000 + i) for i in range(n)]
+    return pods, [pool(p.name, catalog) for p in pods]
+
+
+def cond(p: Plan, type_: str) -> tuple[str, str]:
+    c = next(c for c in p.status.conditions if c.type == type_)
+    return c.status, c.reason
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+def test_a_new_fleet_starts_one_pod_to_learn_its_migrations_then_scales() -> None:
+    s = spec(version="1")
+    first = run(s, Observation(pods=(), pools=(), applied=()))
+    assert isinstance(first.action, CreatePod)
+    assert cond(first, "MigrationsApplied") == ("Unknown", "CatalogUnknown")
+    p0 = pod("p0", NEW, ready=False, version="1")
+    waiting = run(s, Observation(pods=(p0,), pools=(), applied=()))
+    assert isinstance(waiting.action, NoAction)
+    registered = Observation(
+        pods=(p0,), pools=(pool("p0", V1, state="waiting-for-schema", version="1"),), applied=()
+    )
+    migrate = run(s, registered)
+    assert migrate.action == RunMigration("core/0001", False, migrate.action.reason)  # type: ignore[union-attr]
+    after = Observation(
+        pods=(replace(p0, ready=True),), pools=(pool("p0", V1, version="1"),), applied=V1
+    )
+    assert isinstance(run(s, after).action, CreatePod)
+
+
+def test_safe_bump_migrates_before_any_old_pod_goes() -> None:
+    pods, pools = old_fleet()
+    s = spec()
+    surge = run(s, Observation(pods=tuple(pods), pools=tuple(pools), applied=V1))
+    assert isinstance(surge.action, CreatePod)
+    new = pod("new-0", NEW, ready=False, age_s=5)
+    new_pool = pool("new-0", V2, state="waiting-for-schema", version="2", started_s=4)
+    obs = Observation(pods=(*pods, new), pools=(*pools, new_pool), applied=V1)
+    step = run(s, obs)
+    assert isinstance(step.action, RunMigration) and step.action.to == "app/0002"
+    assert not step.action.breaking
+    assert ("Normal", "MigrationStarted") == step.events[0][:2]
+    job = JobInfo("shop-migrate", "app/0002", NEW, active=True, succeeded=False, failed=False)
+    assert isinstance(run(s, replace(obs, jobs=(job,))).action, NoAction)
+    # Migrated; the new pod turns ready, then old pods go one at a time.
+    migrated = replace(
+        obs,
+        applied=V2,
+        pods=(*pods, replace(new, ready=True)),
+        pools=(*pools, replace(new_pool, state="active")),
+    )
+    step = run(s, migrated)
+    assert isinstance(step.action, DeletePod) and step.action.name.startswith("old-")
+    one_going = replace(
+        migrated, pods=(replace(pods[0], terminating=True), *pods[1:], replace(new, ready=True))
+    )
+    assert isinstance(run(s, one_going).action, NoAction)
+
+
+def test_a_crash_looping_new_version_never_touches_old_pods() -> None:
+    pods, pools = old_fleet()
+    broken = pod("new-0", NEW, ready=False, restarts=6, waiting_reason="CrashLoopBackOff")
+    obs = Observation(pods=(*pods, broken), pools=tuple(pools), applied=V1)
+    s = spec(rollout={"progressDeadlineSeconds": 60})
+    started = WorkerFleetStatus(observed_generation=2, rollout_started_at="2026-11-29T11:58:00Z")
+    p = run(s, obs, previous=started)
+    assert isinstance(p.action, NoAction)
+    assert cond(p, "Progressing") == ("False", "ProgressDeadlineExceeded")
+    assert cond(p, "Available") == ("True", "MinimumReplicasAvailable")
+
+
+def test_breaking_bump_drains_old_pods_before_migrating() -> None:
+    pods, pools = old_fleet(catalog=V2)
+    new = [pod(f"new-{i}", NEW, ready=False, age_s=10 - i) for i in range(1)]
+    new_pools = [pool(p.name, V3, state="waiting-for-schema", version="2") for p in new]
+    obs = Observation(pods=(*pods, *new), pools=(*pools, *new_pools), applied=V2)
+    step = run(spec(), obs)
+    assert isinstance(step.action, DeletePod) and step.action.name.startswith("old-")
+    assert cond(step, "MigrationsApplied") == ("False", "WaitingForDrain")
+    # Last old pod gone but its pool still live (draining): no migration yet.
+    last = Observation(
+        pods=tuple(new), pools=(pool("old-0", V2, state="draining"), *new_pools), applied=V2
+    )
+    assert not isinstance(run(spec(), last).action, RunMigration)
+    # All old pools stopped: the breaking migration runs.
+    clear = replace(
+        last,
+        pools=(pool("old-0", V2, state="stopped", live=False), *new_pools),
+        pods=tuple(new) + tuple(pod(f"new-x{i}", NEW, ready=False) for i in range(2)),
+    )
+    step = run(spec(), clear)
+    assert isinstance(step.action, RunMigration) and step.action.breaking
+    assert step.action.to == "app/0003"
+
+
+def test_an_outside_pool_blocks_then_is_evicted_after_the_wait() -> None:
+    new = [pod(f"new-{i}", NEW, ready=False) for i in range(3)]
+    new_pools = [pool(p.name, V3, state="waiting-for-schema", version="2") for p in new]
+    laptop = pool(None, V2, version="1", fleet="")
+    obs = Observation(pods=tuple(new), pools=(*new_pools, laptop), applied=V2)
+    waiting = run(spec(), obs)
+    assert isinstance(waiting.action, NoAction)
+    assert waiting.status.migration_wait_for == "app/0003"
+    assert waiting.status.migration_wait_started_at == "2026-11-29T12:00:00Z"
+    later = run(spec(), obs, previous=waiting.status, now=NOW + timedelta(minutes=5))
+    assert isinstance(later.action, NoAction) and "forced in 300s" in later.status.message
+    expired = run(spec(), obs, previous=waiting.status, now=NOW + timedelta(minutes=10))
+    assert isinstance(expired.action, EvictOutdated)
+    assert expired.action.pool_ids == (laptop.pool_id,)
+    assert expired.events and expired.events[0][1] == "PoolsEvicted"
+
+
+def test_manual_approval_holds_the_breaking_migration() -> None:
+    new = [pod(f"new-{i}", NEW, ready=False) for i in range(3)]
+    new_pools = [pool(p.name, V3, state="waiting-for-schema", version="2") for p in new]
+    obs = Observation(pods=tuple(new), pools=tuple(new_pools), applied=V2)
+    s = spec(rollout={"breakingMigrationApproval": "Manual"})
+    held = run(s, obs)
+    assert isinstance(held.action, NoAction) and held.status.phase == "AwaitingApproval"
+    assert "workerfleet.dev/approve-migration=app/0003" in held.status.message
+    assert isinstance(run(s, replace(obs, approved_migration="app/0002")).action, NoAction)
+    assert isinstance(run(s, replace(obs, approved_migration="app/0003")).action, RunMigration)
+
+
+def test_rollback_across_a_breaking_migration_is_refused() -> None:
+    current = [pod(f"v2-{i}", OLD, version="2") for i in range(3)]
+    pools = [pool(p.name, V3, version="2") for p in current]
+    history = pool("gone", V2, state="stopped", live=False, version="1", started_s=5000)
+    obs = Observation(pods=tuple(current), pools=(*pools, history), applied=V3)
+    p = run(spec(version="1"), obs)
+    assert isinstance(p.action, NoAction)
+    assert cond(p, "Progressing") == ("False", "RollbackRefused")
+    assert "app/0003" in p.status.message and p.events[0][1] == "RollbackRefused"
+
+
+def test_rollback_without_a_breaking_migration_proceeds() -> None:
+    broken = [pod("v2-0", OLD, version="2", ready=False)]
+    current = [pod(f"v1-{i}", NEW, version="1") for i in range(3)]
+    pools = [pool(p.name, V1, version="1") for p in current]
+    obs = Observation(pods=(*current, *broken), pools=tuple(pools), applied=V2)
+    p = run(spec(version="1"), obs)
+    assert p.action == DeletePod("v2-0", "replaced by the new version")
+
+
+def test_a_new_pod_exiting_57_fails_the_rollout() -> None:
+    pods, pools = old_fleet(catalog=V3)
+    stale = pod(
+        "new-0", NEW, ready=False, last_exit_code=57, last_finished_at=NOW - timedelta(seconds=1)
+    )
+    p = run(spec(version="0"), Observation(pods=(*pods, stale), pools=tuple(pools), applied=V3))
+    assert p.action == DeletePod("new-0", "its version is out of date")
+    assert p.status.phase == "Failed"
+
+
+def test_a_failed_migration_job_stops_the_rollout() -> None:
+    pods, pools = old_fleet()
+    new = pod("new-0", NEW, ready=False)
+    job = JobInfo(
+        "shop-migrate",
+        "app/0002",
+        NEW,
+        active=False,
+        succeeded=False,
+        failed=True,
+        message="BackoffLimitExceeded",
+    )
+    obs = Observation(
+        pods=(*pods, new),
+        jobs=(job,),
+        applied=V1,
+        pools=(*pools, pool("new-0", V2, state="waiting-for-schema", version="2")),
+    )
+    p = run(spec(), obs)
+    assert isinstance(p.action, NoAction) and p.status.phase == "Failed"
+    assert cond(p, "MigrationsApplied") == ("False", "MigrationFailed")
+    assert "BackoffLimitExceeded" in p.status.message
+
+
+def test_a_terminated_container_releases_its_pool_at_once() -> None:
+    pods, pools = old_fleet()
+    crashed = replace(pods[0], last_exit_code=137, last_finished_at=NOW - timedelta(seconds=2))
+    obs = Observation(pods=(crashed, *pods[1:]), pools=tuple(pools), applied=V1)
+    p = run(spec(version="1"), obs)
+    assert p.action == ReleasePools((pools[0].pool_id,), "its container terminated")
+    # A pool of another fleet sharing the schema is never touched.
+    foreign = replace(pools[0], fleet="other")
+    obs = Observation(pods=(crashed, *pods[1:]), pools=(foreign, *pools[1:]), applied=V1)
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_paused_and_missing_secret() -> None:
+    pods, pools = old_fleet()
+    obs = Observation(pods=tuple(pods), pools=tuple(pools), applied=V1)
+    paused = run(spec(paused=True), obs)
+    assert isinstance(paused.action, NoAction) and paused.status.phase == "Paused"
+    missing = run(spec(), replace(obs, secret_error="Secret default/db not found"))
+    assert isinstance(missing.action, NoAction)
+    assert "Secret default/db not found" in missing.status.message
+
+
+def test_ready_fleet_and_transition_times_are_kept() -> None:
+    pods = [pod(f"p{i}", NEW) for i in range(3)]
+    pools = [pool(p.name, V2, version="2") for p in pods]
+    obs = Observation(pods=tuple(pods), pools=tuple(pools), applied=V2)
+    first = run(spec(), obs)
+    assert isinstance(first.action, NoAction) and first.status.phase == "Ready"
+    assert cond(first, "Ready") == ("True", "RolloutComplete")
+    assert all(c.observed_generation == 2 for c in first.status.conditions)
+    again = run(spec(), obs, previous=first.status, now=NOW + timedelta(minutes=1))
+    assert [c.last_transition_time for c in again.status.conditions] == [
+        c.last_transition_time for c in first.status.conditions
+    ]
+    bumped = run(spec(), obs, previous=first.status, generation=3)
+    assert all(c.observed_generation == 3 for c in bumped.status.conditions)
+
+
+def test_scale_down_removes_unready_then_newest() -> None:
+    pods = [
+        pod("a", NEW, age_s=300),
+        pod("b", NEW, age_s=10),
+        pod("c", NEW, ready=False, age_s=500),
+    ]
+    pools = [pool(p.name, V2, version="2") for p in pods]
+    obs = Observation(pods=tuple(pods), pools=tuple(pools), applied=V2)
+    assert run(spec(replicas=2), obs).action == DeletePod("c", "scale down")
+    obs = replace(obs, pods=tuple(replace(p, ready=True) for p in pods))
+    assert run(spec(replicas=2), obs).action == DeletePod("b", "scale down")
+
+
+# -- invariants ---------------------------------------------------------------------------
+
+catalogs = st.sampled_from([V1, V2, V3])
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[WorkerFleetSpec, Observation, WorkerFleetStatus, datetime]:
+    replicas = draw(st.integers(0, 5))
+    surge = draw(st.integers(0, 2))
+    unavailable = draw(st.integers(0 if surge else 1, 2))
+    s = spec(
+        replicas=replicas,
+        rollout={
+            "maxSurge": surge,
+            "maxUnavailable": unavailable,
+            "breakingMigrationApproval": draw(st.sampled_from(["Automatic", "Manual"])),
+        },
+    )
+    applied = draw(st.sampled_from([V1, V2, V3]))
+    pods, pools = [], []
+    for i in range(draw(st.integers(0, replicas + surge))):
+        rev = draw(st.sampled_from([OLD, NEW]))
+        p = pod(
+            f"p{i}",
+            rev,
+            ready=draw(st.booleans()),
+            terminating=draw(st.booleans()),
+            age_s=draw(st.integers(1, 1000)),
+        )
+        pods.append(p)
+        if draw(st.booleans()):
+            known = draw(catalogs) if rev == OLD else V3
+            if (
+                rev == OLD
+                and len(known) < len(applied)
+                and any(m.breaking for m in applied[len(known) :])
+            ):
+                known = applied  # an old pool still live cannot lack an applied breaking one
+            pools.append(
+                pool(
+                    p.name,
+                    known,
+                    version=p.version,
+                    state=draw(
+                        st.sampled_from(["active", "waiting-for-schema", "draining", "stopped"])
+                    ),
+                    live=draw(st.booleans()),
+                    started_s=10_000,
+                )
+            )
+    if draw(st.booleans()):
+        pools.append(pool(None, draw(catalogs), version="0", fleet=""))
+    obs = Observation(
+        pods=tuple(pods),
+        pools=tuple(pools),
+        applied=applied,
+        approved_migration=draw(st.sampled_from([None, "app/0003"])),
+    )
+    prev = WorkerFleetStatus(
+        migration_wait_for=draw(st.sampled_from([None, "app/0003"])),
+        migration_wait_started_at=draw(st.sampled_from([None, "2026-11-29T11:00:00Z"])),
+    )
+    return s, obs, prev, NOW
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_invariants(case: tuple[WorkerFleetSpec, Observation, WorkerFleetStatus, datetime]) -> None:
+    s, obs, prev, now = case
+    p = run(s, obs, previous=prev, now=now)
+    live_pods = [x for x in obs.pods if not x.terminating]
+    # Never more pods than replicas + maxSurge.
+    if isinstance(p.action, CreatePod):
+        assert len(live_pods) + 1 <= s.replicas + s.rollout.max_surge
+    # Never a breaking migration while a live pool lacks it (eviction comes first).
+    if isinstance(p.action, RunMigration) and p.action.breaking:
+        pending_breaking = [m for m in V3 if m.breaking and m not in obs.applied]
+        for m in pending_breaking:
+            assert not [x for x in obs.pools if x.live and not x.knows(m.id)]
+        if s.rollout.breaking_migration_approval == "Manual":
+            assert obs.approved_migration == "app/0003"
+    # Eviction only after the wait.
+    if isinstance(p.action, EvictOutdated):
+        assert prev.migration_wait_started_at is not None
+    # Deleting a ready pod in a safe plan keeps maxUnavailable.
+    if isinstance(p.action, DeletePod) and not p.status.schema_.pending_breaking:
+        victim = next(x for x in obs.pods if x.name == p.action.name)
+        ready = sum(1 for x in live_pods if x.ready)
+        if victim.ready and p.status.phase in ("RollingOut",):
+            assert ready - 1 >= s.replicas - s.rollout.max_unavailable
+    # Status is always complete and current.
+    types = [c.type for c in p.status.conditions]
+    assert sorted(types) == ["Available", "MigrationsApplied", "Progressing", "Ready"]
+    assert all(c.observed_generation == 2 for c in p.status.conditions)
+    assert p.status.observed_generation == 2
