@@ -28,6 +28,7 @@ from workerfleet_operator.observation import (
 )
 
 APPROVAL_ANNOTATION = "workerfleet.dev/approve-migration"
+CORE_PROTOCOL = "core/0001"  # creates the pools table; a fresh database needs it first
 
 
 # -- actions ------------------------------------------------------------------------------
@@ -416,6 +417,16 @@ class _Planner:
                 step = self._make_room(CreatePod("learn the new version's migrations"), msg)
                 if step is not None:
                     return step
+            if self.new and CORE_PROTOCOL not in {m.id for m in self.obs.applied}:
+                # A fresh database has no pools table for the new pod to register in: install
+                # the core protocol (always safe) from the target image first.
+                if self._job(active=True) is not None:
+                    return self.finish(
+                        NoAction("installing"),
+                        "Migrating",
+                        f"installing the {CORE_PROTOCOL} protocol schema",
+                    )
+                return self._migrate(CORE_PROTOCOL, breaking=False)
             return self.finish(
                 NoAction("waiting for a new pod to register"),
                 "RollingOut",

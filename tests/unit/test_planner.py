@@ -120,15 +120,18 @@ def test_a_new_fleet_starts_one_pod_to_learn_its_migrations_then_scales() -> Non
     assert isinstance(first.action, CreatePod)
     assert cond(first, "MigrationsApplied") == ("Unknown", "CatalogUnknown")
     p0 = pod("p0", NEW, ready=False, version="1")
-    waiting = run(s, Observation(pods=(p0,), pools=(), applied=()))
+    install = run(s, Observation(pods=(p0,), pools=(), applied=()))
+    assert isinstance(install.action, RunMigration) and install.action.to == "core/0001"
+    waiting = run(s, Observation(pods=(p0,), pools=(), applied=(CORE,)))
     assert isinstance(waiting.action, NoAction)
     registered = Observation(
-        pods=(p0,), pools=(pool("p0", V1, state="waiting-for-schema", version="1"),), applied=()
-    )
+        pods=(p0,), pools=(pool("p0", V2, state="waiting-for-schema", version="1"),),
+        applied=(CORE,),
+    )  # fmt: skip
     migrate = run(s, registered)
-    assert migrate.action == RunMigration("core/0001", False, migrate.action.reason)  # type: ignore[union-attr]
+    assert isinstance(migrate.action, RunMigration) and migrate.action.to == "app/0002"
     after = Observation(
-        pods=(replace(p0, ready=True),), pools=(pool("p0", V1, version="1"),), applied=V1
+        pods=(replace(p0, ready=True),), pools=(pool("p0", V2, version="1"),), applied=V2
     )
     assert isinstance(run(s, after).action, CreatePod)
 
@@ -144,7 +147,7 @@ def test_safe_bump_migrates_before_any_old_pod_goes() -> None:
     step = run(s, obs)
     assert isinstance(step.action, RunMigration) and step.action.to == "app/0002"
     assert not step.action.breaking
-    assert ("Normal", "MigrationStarted") == step.events[0][:2]
+    assert step.events[0][:2] == ("Normal", "MigrationStarted")
     job = JobInfo("shop-migrate", "app/0002", NEW, active=True, succeeded=False, failed=False)
     assert isinstance(run(s, replace(obs, jobs=(job,))).action, NoAction)
     # Migrated; the new pod turns ready, then old pods go one at a time.
@@ -427,3 +430,12 @@ def test_invariants(case: tuple[WorkerFleetSpec, Observation, WorkerFleetStatus,
     assert sorted(types) == ["Available", "MigrationsApplied", "Progressing", "Ready"]
     assert all(c.observed_generation == 2 for c in p.status.conditions)
     assert p.status.observed_generation == 2
+
+
+def test_a_fresh_database_gets_the_core_protocol_from_the_target_image() -> None:
+    p0 = pod("p0", NEW, ready=False, version="1")
+    step = run(spec(version="1"), Observation(pods=(p0,), pools=(), applied=()))
+    assert isinstance(step.action, RunMigration) and step.action.to == "core/0001"
+    job = JobInfo("j", "core/0001", NEW, active=True, succeeded=False, failed=False)
+    held = run(spec(version="1"), Observation(pods=(p0,), pools=(), applied=(), jobs=(job,)))
+    assert isinstance(held.action, NoAction)

@@ -13,6 +13,7 @@ import psycopg
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
+from fleet_worker.recovery import release_pool_jobs
 
 
 @dataclass(frozen=True)
@@ -148,41 +149,62 @@ def stop_pool(
     )
 
 
+_POOL_COLUMNS = (
+    "pool_id", "fleet", "version", "image", "pod_name", "node_name", "hostname", "pid", "mode",
+    "state", "concurrency", "running_jobs", "reason", "wants_migration", "started_at",
+    "heartbeat_at", "stopped_at", "heartbeat_age_s", "live", "catalog",
+)  # fmt: skip
+
+
 def pools_report(
-    conn: psycopg.Connection, schema: Schema, threshold_s: float
+    conn: psycopg.Connection, schema: Schema, threshold_s: float, *, recent_only: bool = False
 ) -> list[dict[str, Any]]:
-    rows = conn.execute(
+    """Pools with liveness. `recent_only` keeps what a controller needs without reading years
+    of history: live-state pools, the last hour, and the newest pool of every version (whose
+    catalog tells what that version knows)."""
+    where = (
         schema.q(
-            """select pool_id::text, fleet, version, pod_name, node_name, hostname, pid, mode,
-                      state, concurrency, running_jobs, reason, wants_migration,
-                      started_at, heartbeat_at, stopped_at,
-                      extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age,
-                      state in ('starting', 'waiting-for-schema', 'active', 'draining')
-                        and heartbeat_at > now() - make_interval(secs => %s) as live,
-                      (select array_agg(e->>'id') from jsonb_array_elements(catalog) e) as known
-               from {s}.pools order by started_at"""
-        ),
-        [threshold_s],
-    ).fetchall()
-    keys = [
-        "pool_id",
-        "fleet",
-        "version",
-        "pod_name",
-        "node_name",
-        "hostname",
-        "pid",
-        "mode",
-        "state",
-        "concurrency",
-        "running_jobs",
-        "reason",
-        "wants_migration",
-        "started_at",
-        "heartbeat_at",
-        "stopped_at",
-        "heartbeat_age_s",
-        "live",
-        "known_migrations",
-    ]
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+            """where state in ('starting', 'waiting-for-schema', 'active', 'draining')
+              or started_at > now() - interval '1 hour'
+              or pool_id in (select distinct on (version) pool_id from {s}.pools
+                             order by version, started_at desc)"""
+        )
+        if recent_only
+        else schema.q("")
+    )
+    query = (
+        schema.q(
+            """select pool_id::text, fleet, version, image, pod_name, node_name, hostname, pid,
+                  mode, state, concurrency, running_jobs, reason, wants_migration,
+                  started_at, heartbeat_at, stopped_at,
+                  extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age,
+                  state in ('starting', 'waiting-for-schema', 'active', 'draining')
+                    and heartbeat_at > now() - make_interval(secs => %s) as live,
+                  catalog
+           from {s}.pools """
+        )
+        + where
+        + schema.q(" order by started_at")
+    )
+    rows = conn.execute(query, [threshold_s]).fetchall()
+    return [dict(zip(_POOL_COLUMNS, r, strict=True)) for r in rows]
+
+
+def declare_dead(
+    conn: psycopg.Connection, schema: Schema, pool_ids: list[str], reason: str
+) -> list[str]:
+    """Mark live-state pools dead and release their jobs, in one transaction: what the sweep
+    does after the threshold, done at once when a supervisor saw the process end."""
+    with conn.transaction():
+        rows = conn.execute(
+            schema.q(
+                """update {s}.pools set state = 'dead', stopped_at = now(), reason = %s
+                   where pool_id = any(%s::uuid[])
+                     and state in ('starting', 'waiting-for-schema', 'active', 'draining')
+                   returning pool_id::text"""
+            ),
+            [reason, pool_ids],
+        ).fetchall()
+        dead = [r[0] for r in rows]
+        release_pool_jobs(conn, schema, dead, f"released: {reason}")
+    return dead

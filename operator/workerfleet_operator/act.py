@@ -1,0 +1,142 @@
+"""The imperative shell's hands: carry out one planned action and write the status.
+Every call here is idempotent or guarded, so an operator restarted at any point neither
+repeats a migration nor skips a step."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from fleet_worker.db import Schema
+from fleet_worker.migrate import evict_outdated_pools
+from fleet_worker.pools import declare_dead
+from workerfleet_operator import builders
+from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.observe import Databases
+from workerfleet_operator.planner import (
+    Action,
+    CreatePod,
+    DeletePod,
+    EvictOutdated,
+    NoAction,
+    ReleasePools,
+    RunMigration,
+)
+
+log = logging.getLogger("workerfleet_operator")
+
+
+class Fleet:
+    """Who the actions are for: the fleet's identity and its clients."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: WorkerFleetSpec,
+        revision: str,
+        core: client.CoreV1Api,
+        batch: client.BatchV1Api,
+        custom: client.CustomObjectsApi,
+        dbs: Databases,
+        url: str | None,
+    ) -> None:
+        self.name, self.namespace, self.uid = name, namespace, uid
+        self.spec, self.revision = spec, revision
+        self.core, self.batch, self.custom, self.dbs, self.url = core, batch, custom, dbs, url
+
+
+def act(fleet: Fleet, action: Action) -> str:
+    """Carry out `action`; returns a one-line description for events and logs."""
+    spec, ns = fleet.spec, fleet.namespace
+    if isinstance(action, NoAction):
+        return action.reason
+    if isinstance(action, CreatePod):
+        body = builders.worker_pod(fleet.name, fleet.uid, spec, fleet.revision)
+        # The client accepts plain manifests; its stubs only name its model classes.
+        pod = fleet.core.create_namespaced_pod(ns, body)  # type: ignore[arg-type]
+        return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
+    if isinstance(action, DeletePod):
+        try:
+            fleet.core.delete_namespaced_pod(action.name, ns)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return f"deleting pod {action.name} ({action.reason})"
+    if isinstance(action, RunMigration):
+        job = builders.migration_job(fleet.name, fleet.uid, spec, fleet.revision, action.to)
+        try:
+            fleet.batch.create_namespaced_job(ns, job)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status != 409:  # already created before a restart: never a second Job
+                raise
+        return f"migration Job {job['metadata']['name']} applies up to {action.to}"
+    if isinstance(action, ReleasePools | EvictOutdated):
+        return _database_action(fleet, action)
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _database_action(fleet: Fleet, action: ReleasePools | EvictOutdated) -> str:
+    if fleet.url is None:
+        raise RuntimeError("no database URL")
+    schema = Schema(fleet.spec.schema_name)
+    threshold = fleet.spec.seconds("sweep_threshold")
+    if isinstance(action, ReleasePools):
+        done = fleet.dbs.run(
+            fleet.url, lambda c: declare_dead(c, schema, list(action.pool_ids), action.reason)
+        )
+        return f"released the jobs of pool(s) {', '.join(done) or 'none'} ({action.reason})"
+
+    def evict(conn: psycopg.Connection) -> list[str]:
+        with conn.transaction():
+            # The migration lock keeps this from interleaving with a running migration.
+            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
+            return evict_outdated_pools(conn, schema, action.migration, threshold, action.reason)
+
+    evicted = fleet.dbs.run(fleet.url, evict)
+    return f"evicted pool(s) {', '.join(evicted) or 'none'} before {action.migration}"
+
+
+def write_status(fleet: Fleet, status: WorkerFleetStatus) -> None:
+    body: dict[str, Any] = {"status": status.model_dump(by_alias=True, mode="json")}
+    fleet.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, fleet.namespace, PLURAL, fleet.name, body
+    )
+
+
+def post_event(fleet: Fleet, type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the fleet, for `kubectl describe wf` and `kubectl get events`."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = {
+        "metadata": {"generateName": f"{fleet.name}.", "namespace": fleet.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WorkerFleet",
+            "name": fleet.name,
+            "namespace": fleet.namespace,
+            "uid": fleet.uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "workerfleet-operator"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": now,
+        "action": reason,
+        "reportingComponent": "workerfleet-operator",
+        "reportingInstance": "workerfleet-operator",
+        "count": 1,
+    }
+    try:
+        fleet.core.create_namespaced_event(fleet.namespace, body)  # type: ignore[arg-type]
+    except ApiException as exc:  # an event is never worth failing a reconcile
+        log.warning("could not post event %s: %s", reason, exc.reason)

@@ -1,0 +1,113 @@
+"""Kopf wiring, and nothing else: a daemon per fleet runs `reconcile` on a short interval and
+at once when one of its pods or Jobs changes; deletion drains the pods first.
+
+    kopf run --standalone --all-namespaces -m workerfleet_operator.handlers
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from workerfleet_operator.builders import LABEL_COMPONENT, LABEL_FLEET
+from workerfleet_operator.metrics import METRICS
+from workerfleet_operator.models import GROUP, PLURAL, VERSION
+from workerfleet_operator.reconcile import Clients, reconcile
+
+INTERVAL_S = float(os.environ.get("WORKERFLEET_RECONCILE_INTERVAL", "2"))
+METRICS_PORT = int(os.environ.get("WORKERFLEET_METRICS_PORT", "9090"))
+METRICS_HOST = os.environ.get("WORKERFLEET_METRICS_HOST", os.environ.get("POD_IP", "127.0.0.1"))
+
+_triggers: dict[tuple[str, str], threading.Event] = {}
+_clients: Clients | None = None
+
+
+def _trigger(namespace: str, fleet: str) -> threading.Event:
+    return _triggers.setdefault((namespace, fleet), threading.Event())
+
+
+@kopf.on.startup()
+def configure(
+    settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    global _clients  # noqa: PLW0603 - one set of clients for the process
+    # Kopf's own bookkeeping goes to annotations so status holds only what users read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    # One line per handled pod event is noise at this rate; our own log says what we did.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    _clients = Clients.from_default_config()
+    if METRICS_PORT:
+        METRICS.serve(METRICS_HOST, METRICS_PORT)
+        logger.info("metrics on %s:%d/metrics", METRICS_HOST, METRICS_PORT)
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    if _clients is not None:
+        _clients.dbs.close()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+def fleet_daemon(
+    stopped: kopf.DaemonStopped,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """Reconcile until the fleet is deleted. `body` is kept current by Kopf."""
+    assert namespace is not None  # WorkerFleet is namespaced
+    trigger = _trigger(namespace, name)
+    while not stopped:
+        trigger.clear()
+        if _clients is not None:
+            try:
+                reconcile(
+                    _clients,
+                    name=name,
+                    namespace=namespace,
+                    uid=str(body.metadata.uid),
+                    generation=int(body.metadata.get("generation") or 0),
+                    spec_data=dict(body.spec),
+                    annotations=dict(body.metadata.annotations),
+                    status_data=dict(body.status),
+                )
+            except Exception:  # the loop must survive anything one reconcile meets
+                logger.exception("reconcile failed")
+        trigger.wait(INTERVAL_S)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_FLEET: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_FLEET: kopf.PRESENT})
+def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    if namespace is not None:
+        _trigger(namespace, labels[LABEL_FLEET]).set()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def drain_on_delete(name: str, namespace: str | None, **_: Any) -> None:
+    """Delete the fleet's pods gracefully (each worker releases its jobs) and hold the
+    finalizer until they are gone."""
+    assert namespace is not None
+    core = client.CoreV1Api()
+    selector = f"{LABEL_FLEET}={name},{LABEL_COMPONENT}=worker"
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    for pod in pods:
+        if pod.metadata and pod.metadata.name and not pod.metadata.deletion_timestamp:
+            core.delete_namespaced_pod(pod.metadata.name, namespace)
+    if pods:
+        raise kopf.TemporaryError(f"draining {len(pods)} pod(s)", delay=2)
+    _triggers.pop((namespace, name), None)

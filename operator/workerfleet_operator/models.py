@@ -1,0 +1,180 @@
+"""The WorkerFleet resource: pydantic models that are the single source of truth for the CRD
+schema (`make crds` generates `crds/` from them) and for what the operator reads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_worker.durations import parse_duration
+
+GROUP = "workerfleet.dev"
+VERSION = "v1alpha1"
+KIND = "WorkerFleet"
+PLURAL = "workerfleets"
+SHORT_NAMES = ["wf"]
+
+# Go-style durations as the worker CLI accepts them; CEL's duration() reads the same form.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# A container image tag / version label: what users bump.
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+SCHEMA_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1, max_length=253, description="Secret in the fleet's namespace")
+    key: str = Field("url", min_length=1, max_length=253, description="key holding the URL")
+
+
+class DatabaseSpec(Model):
+    secret_ref: SecretKeyRef = Field(description="Secret key holding the PostgreSQL URL")
+
+
+class RolloutSpec(Model):
+    max_surge: int = Field(1, ge=0, le=100, description="extra pods during a rollout")
+    max_unavailable: int = Field(0, ge=0, le=100, description="ready pods that may be missing")
+    progress_deadline_seconds: int = Field(
+        600, ge=10, le=86400, description="Progressing=False after this long without finishing"
+    )
+    breaking_migration_approval: Literal["Automatic", "Manual"] = Field(
+        "Automatic",
+        description="Manual: breaking migrations wait for the annotation "
+        "workerfleet.dev/approve-migration=<migration id>",
+    )
+
+
+class PodTemplate(Model):
+    """What users may set on worker pods; the operator owns the rest."""
+
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="forbid")
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
+    env: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"preserve": True})
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"preserve": True}
+    )
+    affinity: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
+    security_context: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
+    container_security_context: dict[str, Any] | None = Field(
+        None, json_schema_extra={"preserve": True}
+    )
+    service_account_name: str | None = Field(None, max_length=253)
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    priority_class_name: str | None = None
+
+
+class WorkerFleetSpec(Model):
+    version: str = Field(pattern=VERSION_PATTERN, description="the release to run; bump it")
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        description="image repository (pods run image:version) or a full reference with "
+        "a tag or digest",
+    )
+    replicas: int = Field(2, ge=0, le=1000)
+    database: DatabaseSpec
+    schema_name: str = Field(
+        "fleet_worker", alias="schema", pattern=SCHEMA_PATTERN, description="queue schema"
+    )
+    app: str = Field(pattern=APP_PATTERN, max_length=256, description="module[:attr] of the App")
+    args: list[str] = Field(default_factory=list, description="extra `fleet-worker run` args")
+    concurrency: int = Field(10, ge=1, le=1000)
+    heartbeat_interval: Duration = "10s"
+    sweep_interval: Duration = "30s"
+    sweep_threshold: Duration = "60s"
+    max_migration_wait_time: Duration = "10m"
+    graceful_shutdown_timeout: Duration = "30s"
+    health_port: int = Field(8080, ge=1, le=65535)
+    # A default for the whole block in the CRD (crdgen writes the nested defaults into it)
+    # makes the API server fill in and CEL-check the rollout settings when users omit it,
+    # so `kubectl get -o yaml` shows the effective values.
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        json_schema_extra={"default": {}},
+    )
+    paused: bool = False
+    template: PodTemplate = Field(default_factory=PodTemplate)
+
+    @property
+    def image_ref(self) -> str:
+        """The pod image: a reference with a tag or digest is used as written."""
+        last = self.image.rsplit("/", 1)[-1]
+        if "@" in self.image or ":" in last:
+            return self.image
+        return f"{self.image}:{self.version}"
+
+    def seconds(self, field: str) -> float:
+        return parse_duration(str(getattr(self, field)))
+
+
+# Rules that span fields, enforced by the API server (CEL).
+SPEC_VALIDATIONS = [
+    {
+        "rule": "duration(self.sweepThreshold) >= duration(self.heartbeatInterval) + "
+        "duration(self.heartbeatInterval)",
+        "message": "sweepThreshold must be at least twice heartbeatInterval, or live pools "
+        "would be declared dead between heartbeats",
+        "fieldPath": ".sweepThreshold",
+    },
+]
+ROLLOUT_VALIDATIONS = [
+    {
+        "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
+        "message": "maxSurge and maxUnavailable cannot both be 0: the rollout could not move",
+    },
+]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    observed_generation: int
+    last_transition_time: str
+
+
+class SchemaStatus(Model):
+    applied: list[str] = Field(default_factory=list)
+    target: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    pending_breaking: list[str] = Field(default_factory=list)
+
+
+class WorkerFleetStatus(Model):
+    observed_generation: int = 0
+    phase: str = "Pending"
+    message: str = ""
+    current_version: str | None = None
+    target_version: str | None = None
+    replicas: int = 0
+    updated_replicas: int = 0
+    ready_replicas: int = 0
+    active_pools: int = 0
+    outdated_pools: int = 0
+    schema_: SchemaStatus = Field(default_factory=SchemaStatus, alias="schema")
+    # One readable string for the `kubectl get` Schema column (printer columns cannot format
+    # the lists in `schema`): e.g. "0004", or "0004->0006" while migrations are pending.
+    schema_version: str | None = Field(
+        None, description="latest applied migration, with the target while one is pending"
+    )
+    conditions: list[Condition] = Field(default_factory=list)
+    rollout_started_at: str | None = None
+    migration_wait_started_at: str | None = None
+    migration_wait_for: str | None = None

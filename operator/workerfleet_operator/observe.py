@@ -1,0 +1,219 @@
+"""The imperative shell's eyes: read pods and Jobs from the API and pools and migrations
+from PostgreSQL into an Observation. Errors become fields the planner reports as conditions,
+never exceptions that stop the loop."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from fleet_worker.db import DatabaseUnavailableError, Schema, connect
+from fleet_worker.migrate import applied_migrations
+from fleet_worker.pools import pools_report
+from workerfleet_operator.builders import (
+    ANNOTATION_TARGET,
+    CONTAINER,
+    LABEL_COMPONENT,
+    LABEL_FLEET,
+    LABEL_REVISION,
+)
+from workerfleet_operator.models import GROUP, WorkerFleetSpec
+from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
+from workerfleet_operator.planner import APPROVAL_ANNOTATION
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def pod_info(pod: dict[str, Any]) -> PodInfo:
+    """From the pod as the API serves it (JSON)."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    workers = [c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER]
+    exit_code = finished = waiting = None
+    restarts = 0
+    if workers:
+        worker = workers[0]
+        restarts = int(worker.get("restartCount") or 0)
+        state, last = worker.get("state") or {}, worker.get("lastState") or {}
+        terminated = state.get("terminated") or last.get("terminated")
+        if terminated:
+            exit_code, finished = terminated.get("exitCode"), _dt(terminated.get("finishedAt"))
+        waiting = (state.get("waiting") or {}).get("reason")
+    return PodInfo(
+        name=meta["name"],
+        revision=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
+        version=(meta.get("annotations") or {}).get(f"{GROUP}/version", ""),
+        created_at=_dt(meta.get("creationTimestamp")) or datetime.now(UTC),
+        phase=status.get("phase") or "Pending",
+        ready=ready,
+        terminating=meta.get("deletionTimestamp") is not None,
+        restarts=restarts,
+        last_exit_code=exit_code,
+        last_finished_at=finished,
+        waiting_reason=waiting,
+    )
+
+
+def job_info(job: dict[str, Any]) -> JobInfo:
+    meta, conditions = job["metadata"], (job.get("status") or {}).get("conditions") or []
+    failed = next(
+        (c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"), None
+    )
+    complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions)
+    return JobInfo(
+        name=meta["name"],
+        target=(meta.get("annotations") or {}).get(ANNOTATION_TARGET, ""),
+        revision=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
+        active=not complete and failed is None,
+        succeeded=complete,
+        failed=failed is not None,
+        message=f"{failed.get('reason')}: {failed.get('message')}" if failed else "",
+    )
+
+
+def items(response: Any) -> list[dict[str, Any]]:
+    """A list call made with `_preload_content=False`, as plain JSON objects: cheaper than
+    the client's models and free of their Optional-everything types."""
+    data: dict[str, Any] = json.loads(response.data)
+    return list(data.get("items") or [])
+
+
+def pool_info(row: dict[str, Any]) -> PoolInfo:
+    return PoolInfo(
+        pool_id=row["pool_id"],
+        fleet=row["fleet"] or "",
+        pod_name=row["pod_name"],
+        version=row["version"],
+        state=row["state"],
+        live=bool(row["live"]),
+        started_at=_dt(row["started_at"]) or datetime.now(UTC),
+        catalog=tuple(MigrationInfo(str(m["id"]), bool(m["breaking"])) for m in row["catalog"]),
+        running_jobs=int(row["running_jobs"] or 0),
+    )
+
+
+class Databases:
+    """One connection per database URL, reused across reconciles, reopened after errors.
+    URLs stay in memory only: never logged, never written to status."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, psycopg.Connection] = {}
+        self._lock = threading.Lock()
+
+    def run(self, url: str, fn: Any) -> Any:
+        with self._lock:
+            conn = self._conns.get(url)
+            if conn is None or conn.closed:
+                conn = connect(url, timeout=5)
+                self._conns[url] = conn
+            try:
+                return fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._conns.pop(url, None)
+                raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns.values():
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._conns.clear()
+
+
+def database_url(core: client.CoreV1Api, namespace: str, spec: WorkerFleetSpec) -> str:
+    """The URL from the fleet's Secret; raises LookupError with a message naming it."""
+    ref = spec.database.secret_ref
+    try:
+        secret = core.read_namespaced_secret(ref.name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise LookupError(
+                f"Secret {namespace}/{ref.name} (spec.database.secretRef) not found"
+            ) from exc
+        raise LookupError(f"cannot read Secret {namespace}/{ref.name}: {exc.reason}") from exc
+    data = secret.data or {}
+    if ref.key not in data:
+        raise LookupError(
+            f"Secret {namespace}/{ref.name} has no key {ref.key!r} (spec.database.secretRef.key)"
+        )
+    return base64.b64decode(data[ref.key]).decode()
+
+
+def observe(
+    *,
+    core: client.CoreV1Api,
+    batch: client.BatchV1Api,
+    dbs: Databases,
+    name: str,
+    namespace: str,
+    spec: WorkerFleetSpec,
+    annotations: dict[str, str],
+) -> tuple[Observation, str | None]:
+    """The observation, and the database URL when it could be read."""
+    selector = f"{LABEL_FLEET}={name}"
+    pods = items(
+        core.list_namespaced_pod(
+            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=worker",
+            _preload_content=False,
+        )
+    )  # fmt: skip
+    jobs = items(
+        batch.list_namespaced_job(
+            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=migration",
+            _preload_content=False,
+        )
+    )  # fmt: skip
+    base = Observation(
+        pods=tuple(pod_info(p) for p in pods),
+        pools=(),
+        applied=(),
+        jobs=tuple(job_info(j) for j in jobs),
+        approved_migration=annotations.get(APPROVAL_ANNOTATION),
+    )
+    try:
+        url = database_url(core, namespace, spec)
+    except LookupError as exc:
+        return _with(base, secret_error=str(exc)), None
+    schema = Schema(spec.schema_name)
+    threshold = spec.seconds("sweep_threshold")
+
+    def read(conn: psycopg.Connection) -> tuple[list[Any], list[dict[str, Any]]]:
+        applied = applied_migrations(conn, schema)
+        rows = pools_report(conn, schema, threshold, recent_only=True) if applied else []
+        return applied, rows
+
+    try:
+        applied, rows = dbs.run(url, read)
+    except (DatabaseUnavailableError, psycopg.Error) as exc:
+        return _with(base, database_error=str(exc).splitlines()[0]), url
+    return (
+        _with(
+            base,
+            applied=tuple(MigrationInfo(m.id, m.breaking) for m in applied),
+            pools=tuple(pool_info(r) for r in rows),
+        ),
+        url,
+    )
+
+
+def _with(obs: Observation, **changes: Any) -> Observation:
+    from dataclasses import replace
+
+    return replace(obs, **changes)

@@ -1,0 +1,127 @@
+"""One reconcile of one fleet: observe, plan, act, write status. A plain function, so the
+Kopf handlers stay thin and tests can drive it against a real API server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from kubernetes import client
+
+from workerfleet_operator import builders
+from workerfleet_operator.act import Fleet, act, post_event, write_status
+from workerfleet_operator.metrics import METRICS
+from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.observe import Databases, observe
+from workerfleet_operator.planner import Plan, iso, plan
+
+log = logging.getLogger("workerfleet_operator")
+
+
+@dataclass
+class Clients:
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    custom: client.CustomObjectsApi
+    dbs: Databases
+
+    @classmethod
+    def from_default_config(cls) -> Clients:
+        api = client.ApiClient()
+        return cls(client.CoreV1Api(api), client.BatchV1Api(api),
+                   client.CustomObjectsApi(api), Databases())  # fmt: skip
+
+
+def previous_status(raw: dict[str, Any] | None) -> WorkerFleetStatus:
+    """The status we wrote last time; anything unreadable starts afresh rather than failing."""
+    known = set(WorkerFleetStatus.model_fields) | {
+        f.alias for f in WorkerFleetStatus.model_fields.values() if f.alias
+    }
+    data = {k: v for k, v in (raw or {}).items() if k in known}
+    try:
+        return WorkerFleetStatus.model_validate(data)
+    except pydantic.ValidationError:
+        return WorkerFleetStatus()
+
+
+def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> WorkerFleetStatus:
+    problems = "; ".join(
+        f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    message = f"invalid spec: {problems}"
+    now = iso(datetime.now(UTC))
+    return WorkerFleetStatus(
+        observed_generation=generation,
+        phase="Failed",
+        message=message,
+        conditions=[
+            Condition(
+                type=t,
+                status="False",
+                reason="InvalidSpec",
+                message=message,
+                observed_generation=generation,
+                last_transition_time=now,
+            )
+            for t in ("Ready", "Progressing")
+        ],
+    )
+
+
+def reconcile(
+    clients: Clients,
+    *,
+    name: str,
+    namespace: str,
+    uid: str,
+    generation: int,
+    spec_data: dict[str, Any],
+    annotations: dict[str, str],
+    status_data: dict[str, Any] | None,
+    now: datetime | None = None,
+) -> Plan | None:
+    """One step. Returns the plan it carried out (None when the spec itself is invalid)."""
+    started = time.perf_counter()
+    try:
+        spec = WorkerFleetSpec.model_validate(spec_data)
+    except pydantic.ValidationError as exc:
+        # The CRD schema rejects almost everything; this catches what it cannot express.
+        status = invalid_spec_status(generation, exc)
+        clients.custom.patch_namespaced_custom_object_status(
+            "workerfleet.dev", "v1alpha1", namespace, "workerfleets", name,
+            {"status": status.model_dump(by_alias=True, mode="json")},
+        )  # fmt: skip
+        METRICS.observe_reconcile(time.perf_counter() - started, "invalid", "NoAction")
+        return None
+    revision = builders.revision(name, spec)
+    obs, url = observe(
+        core=clients.core, batch=clients.batch, dbs=clients.dbs, name=name,
+        namespace=namespace, spec=spec, annotations=annotations,
+    )  # fmt: skip
+    result = plan(
+        name=name, spec=spec, generation=generation, revision=revision, obs=obs,
+        now=now or datetime.now(UTC), previous=previous_status(status_data),
+    )  # fmt: skip
+    fleet = Fleet(
+        name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
+        core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs, url=url,
+    )  # fmt: skip
+    outcome = "ok"
+    try:
+        done = act(fleet, result.action)
+        if type(result.action).__name__ != "NoAction":
+            log.info("%s/%s: %s", namespace, name, done)
+            post_event(fleet, "Normal", type(result.action).__name__, done)
+    except Exception as exc:
+        outcome = "error"
+        log.exception("%s/%s: %s failed", namespace, name, type(result.action).__name__)
+        post_event(fleet, "Warning", "ActionFailed", f"{type(result.action).__name__}: {exc}")
+    for type_, reason, message in result.events:
+        post_event(fleet, type_, reason, message)
+    write_status(fleet, result.status)
+    METRICS.observe_reconcile(time.perf_counter() - started, outcome, type(result.action).__name__)
+    return result
