@@ -192,3 +192,25 @@ def test_migration_files_without_a_safe_or_breaking_marker_are_refused(tmp_path:
     (tmp_path / "0001_x.sql").write_text("create table t (id int);\n")
     with pytest.raises(CatalogError, match="exactly one of `--! safe` or `--! breaking`"):
         Catalog.load(tmp_path)
+
+
+def test_a_busy_health_port_is_a_clear_error(database_url: str, schema_name: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = cli(
+            "run",
+            "--app",
+            "fleet_test_apps.v1",
+            "--schema",
+            schema_name,
+            "--health-port",
+            str(port),
+            url=database_url,
+        )
+    assert r.returncode == ExitCode.ERROR
+    assert f"cannot serve health checks on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -153,7 +153,12 @@ class Worker:
             loop.add_signal_handler(sig, self._on_signal, sig)
         background: list[asyncio.Task[None]] = []
         try:
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:
+                where = f"{self.settings.health_host}:{self.settings.health_port}"
+                self.request_stop(ExitCode.ERROR, f"cannot serve health checks on {where}: {exc}")
+                return self._exit()
             if not await self._install_protocol():
                 return self._exit()
             await self._register()
