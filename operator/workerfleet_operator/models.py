@@ -87,20 +87,30 @@ class WorkerFleetSpec(Model):
         description="image repository (pods run image:version) or a full reference with "
         "a tag or digest",
     )
-    replicas: int = Field(2, ge=0, le=1000)
-    database: DatabaseSpec
+    replicas: int = Field(2, ge=0, le=1000, description="worker pods (one pool each)")
+    database: DatabaseSpec = Field(description="where the queue lives")
     schema_name: str = Field(
         "fleet_worker", alias="schema", pattern=SCHEMA_PATTERN, description="queue schema"
     )
     app: str = Field(pattern=APP_PATTERN, max_length=256, description="module[:attr] of the App")
     args: list[str] = Field(default_factory=list, description="extra `fleet-worker run` args")
-    concurrency: int = Field(10, ge=1, le=1000)
-    heartbeat_interval: Duration = "10s"
-    sweep_interval: Duration = "30s"
-    sweep_threshold: Duration = "60s"
-    max_migration_wait_time: Duration = "10m"
-    graceful_shutdown_timeout: Duration = "30s"
-    health_port: int = Field(8080, ge=1, le=65535)
+    concurrency: int = Field(10, ge=1, le=1000, description="jobs at once per pod")
+    heartbeat_interval: Duration = Field("10s", description="how often each pool heartbeats")
+    sweep_interval: Duration = Field("30s", description="how often workers sweep dead pools")
+    sweep_threshold: Duration = Field(
+        "60s", description="a pool silent this long is dead and its jobs are released"
+    )
+    max_migration_wait_time: Duration = Field(
+        "10m",
+        description="how long a breaking migration waits for outdated pools before "
+        "evicting them and releasing their jobs",
+    )
+    graceful_shutdown_timeout: Duration = Field(
+        "30s", description="time running jobs get after SIGTERM before they are released"
+    )
+    health_port: int = Field(
+        8080, ge=1, le=65535, description="/healthz, /readyz and /metrics of each worker"
+    )
     # A default for the whole block in the CRD (crdgen writes the nested defaults into it)
     # makes the API server fill in and CEL-check the rollout settings when users omit it,
     # so `kubectl get -o yaml` shows the effective values.
@@ -108,8 +118,11 @@ class WorkerFleetSpec(Model):
         default_factory=RolloutSpec,
         json_schema_extra={"default": {}},
     )
-    paused: bool = False
-    template: PodTemplate = Field(default_factory=PodTemplate)
+    paused: bool = Field(False, description="stop all rollout actions")
+    template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="labels, annotations, resources, env, scheduling and security of pods",
+    )
 
     @property
     def image_ref(self) -> str:

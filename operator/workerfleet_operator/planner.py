@@ -135,6 +135,17 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
     return ended
 
 
+def blocking_migrations(
+    catalog: tuple[MigrationInfo, ...] | None, applied: tuple[MigrationInfo, ...]
+) -> list[str]:
+    """Applied breaking migrations a version with `catalog` does not know: why it cannot run
+    (the worker's compatibility rule, seen from outside). Unknown catalog: nothing known."""
+    if catalog is None:
+        return []
+    known = {m.id for m in catalog}
+    return [m.id for m in applied if m.breaking and m.id not in known]
+
+
 def delete_order(pod: PodInfo) -> tuple[bool, float]:
     """Unready first (deleting them costs no capacity), then the newest."""
     return (pod.ready, -pod.created_at.timestamp())
@@ -352,10 +363,7 @@ class _Planner:
 
     def _refused_version(self) -> Plan | None:
         """A version the database has moved past (its pods would exit 57): refuse it."""
-        known = {m.id for m in self.target or ()}
-        unknown_breaking = [
-            m.id for m in self.obs.applied if m.breaking and self.target and m.id not in known
-        ]
+        unknown_breaking = blocking_migrations(self.target, self.obs.applied)
         exited = [p for p in self.new if p.last_exit_code == EXIT_OUT_OF_DATE]
         if not unknown_breaking and not exited:
             return None

@@ -416,3 +416,11 @@ def test_specs_pydantic_accepts_pass_the_crd_schema(raw: dict[str, Any]) -> None
     spec = WorkerFleetSpec.model_validate(raw)
     dumped = spec.model_dump(by_alias=True, mode="json")
     assert validate(dumped, _SPEC_SCHEMA) == []
+
+
+def test_configuration_reference_is_fresh() -> None:
+    """docs/configuration.md is generated from the CRD schema; `make crds` refreshes it."""
+    from workerfleet_operator import docgen
+
+    assert docgen.main(["--check"]) == 0, "docs/configuration.md is stale: run `make crds`"
+    assert "`spec.rollout.breakingMigrationApproval`" in docgen.render()
