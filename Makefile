@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit test-integration lint demo bench clean
+.PHONY: install test test-unit test-integration lint demo bench clean cluster-bins cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: install
+test: install cluster-bins
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc
@@ -32,11 +32,30 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# etcd/kube-apiserver/kube-controller-manager: KUBEBUILDER_ASSETS, else the per-user cache,
+# else a build from the Go module proxy (minutes, once). No-op when cached.
+cluster-bins: install
+	$(PY) -m localcluster bins
+
+# A background control plane + node agent for the demo; IMAGES=<table.yaml> maps images.
+cluster-up: cluster-bins
+	$(PY) -m localcluster up $(if $(IMAGES),--images $(IMAGES))
+
+cluster-down: install
+	$(PY) -m localcluster down
+
+# Regenerate crds/ from the operator's pydantic models; a unit test fails when it is stale.
+.PHONY: crds
+crds: install
+	$(PY) -m workerfleet_operator.crdgen
+	$(PY) -m workerfleet_operator.docgen
+
 bench: install
 	$(PY) -m bench.worker_throughput
 
-demo: install
-	@echo "make demo: not yet: the demo lands with the operator (see docs/status.md)."
+# The end-to-end demo on the embedded PostgreSQL; DEMO_ARGS=--keep keeps the cluster up.
+demo: install cluster-bins
+	$(PY) -m workerfleet_demo.run $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

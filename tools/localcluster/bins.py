@@ -157,7 +157,12 @@ def _go_env(*, mod_mode: bool) -> dict[str, str]:
 
 def _run(cmd: list[str], cwd: Path, *, mod_mode: bool = True) -> str:
     proc = subprocess.run(
-        cmd, cwd=cwd, env=_go_env(mod_mode=mod_mode), capture_output=True, text=True
+        cmd,
+        cwd=cwd,
+        env=_go_env(mod_mode=mod_mode),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -209,7 +214,9 @@ def _ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build(version: str = K8S_VERSION, etcd_version: str = ETCD_VERSION, *, log: bool = True) -> Path:
+def build(
+    version: str = K8S_VERSION, etcd_version: str = ETCD_VERSION, *, log: bool = True
+) -> Path:
     """Build all binaries into the cache, atomically (tmp dir, then rename). Returns the dir."""
     progress = _Progress(log)
     go = _go()
@@ -253,7 +260,7 @@ def build(version: str = K8S_VERSION, etcd_version: str = ETCD_VERSION, *, log: 
         ]
         progress("compiling etcd, kube-apiserver, kube-controller-manager (go build; slow cold)")
         _stream_build(cmd, work, progress)
-        (tmp / "etcd").chmod(0o755)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is meant to be shared read-only
         (tmp / "VERSION").write_text(f"kubernetes {version}\netcd {etcd_version}\n")
         dest = root / version
         if _complete(dest):
@@ -283,9 +290,9 @@ def _stream_build(cmd: list[str], cwd: Path, progress: _Progress) -> None:
     tail: list[str] = []
     count = 0
     last = time.monotonic()
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-40:]
+    for raw in proc.stdout:
+        line = raw.rstrip()
+        tail = [*tail[-39:], line]
         count += 1
         if time.monotonic() - last > 30:
             last = time.monotonic()

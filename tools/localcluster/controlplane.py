@@ -40,7 +40,9 @@ CONTROLLERS = (
 )
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> None:
+def write_kubeconfig(
+    path: Path, server: str, *, ca: Path, cert: Path, key: Path, user: str
+) -> None:
     """A self-contained kubeconfig (data embedded) so it survives copying. JSON is valid YAML."""
 
     def b64(p: Path) -> str:
@@ -61,7 +63,9 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
                 "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
             }
         ],
-        "contexts": [{"name": "localcluster", "context": {"cluster": "localcluster", "user": user}}],
+        "contexts": [
+            {"name": "localcluster", "context": {"cluster": "localcluster", "user": user}}
+        ],
         "current-context": "localcluster",
     }
     path.write_text(json.dumps(config, indent=2))
@@ -119,10 +123,10 @@ class ControlPlane:
             write_kubeconfig(
                 self.kubeconfig,
                 self.server,
-                self.pki.ca.cert,
-                self.pki.admin.cert,
-                self.pki.admin.key,
-                "admin",
+                ca=self.pki.ca.cert,
+                cert=self.pki.admin.cert,
+                key=self.pki.admin.key,
+                user="admin",
             )
             self._start_controller_manager(binaries)
             self._wait_default_service_account(timeout)
@@ -133,9 +137,11 @@ class ControlPlane:
 
     def stop(self) -> None:
         # Reverse order: controllers first, etcd last, so nothing logs storms about etcd.
+        # Short grace: the apiserver's graceful drain takes ~10 s and protects nothing here
+        # (the cluster is disposable), while every test session pays for it.
         for proc in (self.controller_manager, self.apiserver, self.etcd):
             if proc is not None:
-                procs.stop(proc.pid)
+                procs.stop(proc.pid, grace=1.0)
                 proc.wait()
         self.controller_manager = self.apiserver = self.etcd = None
         if self._own_workdir:
@@ -212,10 +218,10 @@ class ControlPlane:
         write_kubeconfig(
             kcfg,
             self.server,
-            p.ca.cert,
-            p.controller_manager.cert,
-            p.controller_manager.key,
-            "system:kube-controller-manager",
+            ca=p.ca.cert,
+            cert=p.controller_manager.cert,
+            key=p.controller_manager.key,
+            user="system:kube-controller-manager",
         )
         self.controller_manager = procs.start(
             [
@@ -277,6 +283,6 @@ class ControlPlane:
             try:
                 client.get("/api/v1/namespaces/default/serviceaccounts/default")
                 return
-            except Exception:  # noqa: BLE001 - not there yet, whatever the reason
+            except Exception:  # not there yet, whatever the reason
                 time.sleep(0.1)
         raise TimeoutError("default ServiceAccount never appeared (controller-manager down?)")

@@ -84,11 +84,13 @@ class _Sources:
         if ref["key"] not in data:
             if optional:
                 return None
-            raise ConfigError(f'couldn\'t find key {ref["key"]} in {kind} {ref["name"]}')
+            raise ConfigError(f"couldn't find key {ref['key']} in {kind} {ref['name']}")
         return data[ref["key"]]
 
 
-def container_env(client: Client, pod: Obj, container: Obj, base: Mapping[str, str]) -> dict[str, str]:
+def container_env(
+    client: Client, pod: Obj, container: Obj, base: Mapping[str, str]
+) -> dict[str, str]:
     """The process environment: base (image env etc.), then envFrom, then env, in order."""
     sources = _Sources(client, pod["metadata"]["namespace"])
     env = dict(base)
@@ -109,21 +111,22 @@ def container_env(client: Client, pod: Obj, container: Obj, base: Mapping[str, s
         if "valueFrom" not in var:
             env[name] = expand(var.get("value", ""), env)
             continue
-        vf = var["valueFrom"]
-        value: str | None
-        if "fieldRef" in vf:
-            value = field_ref(pod, vf["fieldRef"]["fieldPath"])
-        elif "secretKeyRef" in vf:
-            value = sources.key("Secret", vf["secretKeyRef"])
-        elif "configMapKeyRef" in vf:
-            value = sources.key("ConfigMap", vf["configMapKeyRef"])
-        elif "resourceFieldRef" in vf:
-            # No cgroups here: report the declared value (or 0) rather than a made-up number.
-            res = vf["resourceFieldRef"]["resource"]  # e.g. limits.cpu
-            section, _, rname = res.partition(".")
-            value = str(((container.get("resources") or {}).get(section) or {}).get(rname, "0"))
-        else:
-            raise ConfigError(f"unsupported valueFrom for {name}")
+        value = _value_from(sources, pod, container, name, var["valueFrom"])
         if value is not None:
             env[name] = value
     return env
+
+
+def _value_from(sources: _Sources, pod: Obj, container: Obj, name: str, vf: Obj) -> str | None:
+    if "fieldRef" in vf:
+        return field_ref(pod, vf["fieldRef"]["fieldPath"])
+    if "secretKeyRef" in vf:
+        return sources.key("Secret", vf["secretKeyRef"])
+    if "configMapKeyRef" in vf:
+        return sources.key("ConfigMap", vf["configMapKeyRef"])
+    if "resourceFieldRef" in vf:
+        # No cgroups here: report the declared value (or 0) rather than a made-up number.
+        res = vf["resourceFieldRef"]["resource"]  # e.g. limits.cpu
+        section, _, rname = res.partition(".")
+        return str(((container.get("resources") or {}).get(section) or {}).get(rname, "0"))
+    raise ConfigError(f"unsupported valueFrom for {name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,19 @@ class Client:
     ) -> Obj:
         url = self.server + path + (("?" + urlencode(params)) if params else "")
         data = json.dumps(body).encode() if body is not None else None
-        resp = self._pool.request(
-            method,
-            url,
-            body=data,
-            headers={"Content-Type": content_type, "Accept": "application/json"},
-            timeout=timeout,
-        )
+        for _ in range(20):
+            resp = self._pool.request(
+                method,
+                url,
+                body=data,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+                timeout=timeout,
+            )
+            # 429 is the apiserver asking to come back shortly (e.g. a new CRD's storage is
+            # initializing, or priority-and-fairness pushback), as client-go retries it.
+            if resp.status != 429:
+                break
+            time.sleep(min(float(resp.headers.get("Retry-After") or 1), 1.0))
         text = resp.data.decode()
         if resp.status >= 400:
             raise ApiError(resp.status, text)

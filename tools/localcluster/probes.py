@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from localcluster.env import expand
 from localcluster.kube import Obj
 
 
@@ -58,6 +59,7 @@ def run_handler(
     handler: Obj,
     pod_ip: str,
     container: Obj,
+    *,
     env: Mapping[str, str],
     cwd: str,
     timeout: float,
@@ -73,8 +75,10 @@ def run_handler(
             with socket.create_connection((host, port), timeout=timeout):
                 return True, ""
         if "exec" in handler:
+            # Like the kubelet, expand $(VAR) references to the container's env in the command.
+            command = [expand(str(a), env) for a in handler["exec"]["command"]]
             proc = subprocess.run(
-                handler["exec"]["command"],
+                command,
                 env=dict(env),
                 cwd=cwd,
                 capture_output=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +19,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+_SETPRIV = shutil.which("setpriv")
+
+
+def orphan_proof(argv: list[str]) -> list[str]:
+    """Make argv die with the thread that starts it, even if that process is SIGKILLed.
+
+    `setpriv --pdeathsig KILL` sets PR_SET_PDEATHSIG and then execs argv (same pid), so a
+    test run killed by a timeout does not leave an apiserver or pod process behind.
+    preexec_fn could do the same but is unsafe with threads. Note the signal follows the
+    *thread* that started the child: start clusters from a thread that outlives them.
+    """
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
+
+
+def start(
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
     """Start argv in its own session (so its process group id is its pid), logging to a file."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
-            argv,
+            orphan_proof(argv) if die_with_parent else argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

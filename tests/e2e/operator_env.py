@@ -1,0 +1,228 @@
+"""The operator's e2e environment: the CRD, a real operator process (kopf), app images that
+the node agent runs as `fleet-worker` processes, and helpers to read fleets and pools."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import yaml
+from psycopg import sql
+
+from localcluster.cluster import Cluster
+from localcluster.images import Image
+from localcluster.kube import ApiError, Client
+from tests.conftest import APPS_DIR
+from workerfleet_dev.postgres import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+CRD_FILE = ROOT / "crds" / "workerfleet.yaml"
+FLEETS = "/apis/workerfleet.dev/v1alpha1/namespaces/{ns}/workerfleets"
+IMAGE = "workerfleet.test/app"
+T = TypeVar("T")
+
+# Fast timings so a rollout takes seconds: the protocol is the same at any scale.
+FAST_SPEC: dict[str, Any] = {
+    "heartbeatInterval": "500ms",
+    "sweepInterval": "1s",
+    "sweepThreshold": "3s",
+    "gracefulShutdownTimeout": "5s",
+    "maxMigrationWaitTime": "10m",
+    "concurrency": 4,
+}
+
+
+def wait_until(
+    cond: Callable[[], T | None],
+    timeout: float = 60,
+    what: str = "condition",
+    interval: float = 0.2,
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def install_crd(client: Client) -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    try:
+        client.create(path, crd)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+
+    def established() -> bool:
+        obj = client.get(f"{path}/{crd['metadata']['name']}")
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_until(established, 30, "CRD established")
+
+
+def register_app_images(cluster: Cluster, root: Path) -> None:
+    """`workerfleet.test/app:N` runs fleet_test_apps.vN under the module name the fleet's
+    spec.app names (`fleet_e2e_app`); `:crash` fails at import, like a broken release."""
+    versions = {"1": "v1", "2": "v2", "3": "v3"}
+    for tag, module in versions.items():
+        d = root / f"app-{tag}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "fleet_e2e_app.py").write_text(f"from fleet_test_apps.{module} import app\n")
+        cluster.images.add(f"{IMAGE}:{tag}", _image(d))
+    crash = root / "app-crash"
+    crash.mkdir(parents=True, exist_ok=True)
+    (crash / "fleet_e2e_app.py").write_text("raise RuntimeError('this release is broken')\n")
+    cluster.images.add(f"{IMAGE}:crash", _image(crash))
+
+
+def _image(app_dir: Path) -> Image:
+    return Image(
+        command=[str(VENV_BIN / "fleet-worker")],
+        env={
+            "PYTHONPATH": f"{app_dir}:{APPS_DIR}",
+            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        },
+    )
+
+
+class OperatorProcess:
+    """`kopf run` of our handlers with the admin kubeconfig, as a developer runs it."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_dir / "operator.log"
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "WORKERFLEET_RECONCILE_INTERVAL": "0.5",
+            "WORKERFLEET_METRICS_PORT": str(self.metrics_port),
+            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "kopf"), "run", "--standalone", "--all-namespaces",
+             "-m", "workerfleet_operator.handlers"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class FleetEnv:
+    """One test's fleet: namespace, Secret, schema, and readers for status and pools."""
+
+    def __init__(self, client: Client, namespace: str, database_url: str, schema: str) -> None:
+        self.client, self.ns, self.url, self.schema = client, namespace, database_url, schema
+        self.name = "shop"
+        client.create(
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": "db"}, "stringData": {"url": database_url}},
+        )  # fmt: skip
+
+    @property
+    def path(self) -> str:
+        return FLEETS.format(ns=self.ns) + f"/{self.name}"
+
+    def apply(self, version: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": "workerfleet.dev/v1alpha1",
+            "kind": "WorkerFleet",
+            "metadata": {"name": self.name},
+            "spec": {
+                "version": version,
+                "image": IMAGE,
+                "replicas": replicas,
+                "database": {"secretRef": {"name": "db"}},
+                "schema": self.schema,
+                "app": "fleet_e2e_app",
+                **FAST_SPEC,
+                **spec,
+            },
+        }
+        return self.client.create(FLEETS.format(ns=self.ns), body)
+
+    def patch_spec(self, **spec: Any) -> dict[str, Any]:
+        return self.client.merge_patch(self.path, {"spec": spec})
+
+    def get(self) -> dict[str, Any]:
+        return self.client.get(self.path)
+
+    def condition(self, type_: str) -> dict[str, Any] | None:
+        status = self.get().get("status") or {}
+        return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+    def ready(self, version: str) -> bool:
+        fleet = self.get()
+        status = fleet.get("status") or {}
+        cond = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+        return bool(
+            cond
+            and cond["status"] == "True"
+            and cond["observedGeneration"] == fleet["metadata"]["generation"]
+            and status.get("currentVersion") == version
+        )
+
+    def wait_ready(self, version: str, timeout: float = 90) -> None:
+        wait_until(lambda: self.ready(version), timeout, f"fleet Ready at version {version}")
+
+    def pods(self) -> list[dict[str, Any]]:
+        items = self.client.get(
+            f"/api/v1/namespaces/{self.ns}/pods?labelSelector=workerfleet.dev%2Ffleet%3D{self.name}"
+        )["items"]
+        return [p for p in items if p["metadata"]["labels"].get(
+            "app.kubernetes.io/component") == "worker"]  # fmt: skip
+
+    def events(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.client.get(f"/api/v1/namespaces/{self.ns}/events")[
+            "items"
+        ]
+        return items
+
+    def jobs(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.client.get(f"/apis/batch/v1/namespaces/{self.ns}/jobs")[
+            "items"
+        ]
+        return items
+
+    def q(self, template: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            query = sql.SQL(template).format(s=sql.Identifier(self.schema))
+            try:
+                return conn.execute(query, params or []).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+
+def new_schema() -> str:
+    return f"e2e_{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,289 @@
+"""The operator end to end: a real kube-apiserver and controller-manager, the node agent
+running worker pods as `fleet-worker` processes, a real PostgreSQL, and the operator as a
+`kopf run` process. Nothing is mocked."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from localcluster.cluster import Cluster
+from localcluster.kube import ApiError, Client
+from tests.e2e.operator_env import (
+    FleetEnv,
+    OperatorProcess,
+    install_crd,
+    new_schema,
+    register_app_images,
+    wait_until,
+)
+from tests.helpers import Producer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def operator(
+    local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    client = local_cluster.client()
+    install_crd(client)
+    root = tmp_path_factory.mktemp("operator")
+    register_app_images(local_cluster, root)
+    op = OperatorProcess(local_cluster.kubeconfig, root)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def fleet(
+    operator: OperatorProcess, k8s_client: Client, kube_namespace: str, database_url: str
+) -> FleetEnv:
+    return FleetEnv(k8s_client, kube_namespace, database_url, new_schema())
+
+
+def ledger(env: FleetEnv) -> list[tuple[int, str, datetime]]:
+    return [
+        (int(r[0]), str(r[1]), r[2])
+        for r in env.q("select job_id, version, started_at from {s}.ledger order by id")
+    ]
+
+
+def assert_exactly_once(env: FleetEnv, enqueued: list[int]) -> None:
+    wait_until(lambda: env.q("select count(*) from {s}.jobs") == [(0,)], 60, "queue drained")
+    runs = [j for j, _, _ in ledger(env)]
+    twice = sorted({j for j in runs if runs.count(j) > 1})
+    detail = env.q(
+        "select l.job_id, l.version, l.pool_id::text, l.started_at, p.state, p.reason "
+        "from {s}.ledger l join {s}.pools p using (pool_id) where l.job_id = any(%s) "
+        "order by l.id",
+        [twice],
+    )
+    assert not twice, f"job(s) ran twice: {detail}"
+    assert sorted(runs) == sorted(enqueued), "a job was lost"
+
+
+def longest_gap_s(env: FleetEnv) -> float:
+    times = sorted(t for _, _, t in ledger(env))
+    return max(((b - a).total_seconds() for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def test_apply_brings_pods_ready_and_pools_active(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=2)
+    fleet.wait_ready("1")
+    status = fleet.get()["status"]
+    assert status["readyReplicas"] == 2 and status["activePools"] == 2
+    assert status["phase"] == "Ready"
+    assert status["schema"]["pending"] == [] and "app/0001" in status["schema"]["applied"]
+    pods = fleet.pods()
+    assert len(pods) == 2
+    pools = fleet.q("select pod_name, state, version from {s}.pools where state = 'active'")
+    assert sorted(p[0] for p in pools) == sorted(p["metadata"]["name"] for p in pods)
+    assert {p[2] for p in pools} == {"1"}
+
+
+def test_safe_bump_migrates_first_then_replaces_pods_one_at_a_time(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=3)
+    fleet.wait_ready("1")
+    producer = Producer(fleet.url, fleet.schema, every_s=0.02)
+    try:
+        wait_until(lambda: len(ledger(fleet)) > 20, 30, "jobs flowing")
+        started = time.monotonic()
+        fleet.patch_spec(version="2")
+        fleet.wait_ready("2", timeout=120)
+        rollout_s = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        enqueued = producer.stop()
+    assert_exactly_once(fleet, enqueued)
+    [(migrated_at,)] = fleet.q("select applied_at from {s}.migrations where id = 'app/0002'")
+    old = fleet.q(
+        "select stopped_at from {s}.pools where version = '1' and state = 'stopped' "
+        "order by stopped_at"
+    )
+    assert len(old) == 3 and all(s > migrated_at for (s,) in old), "migration before old pods go"
+    # One server at a time: never more than replicas + maxSurge pools alive at once.
+    spans = fleet.q("select started_at, coalesce(stopped_at, now()) from {s}.pools")
+    for start, _ in spans:
+        alive = sum(1 for a, b in spans if a <= start < b)
+        assert alive <= 4
+    targets = [
+        j["metadata"]["annotations"]["workerfleet.dev/migration-target"] for j in fleet.jobs()
+    ]
+    assert targets.count("app/0002") == 1, targets
+    gap = longest_gap_s(fleet)
+    print(f"\nsafe rollout of 3 replicas: {rollout_s:.1f}s, longest completion gap {gap:.2f}s")
+    assert gap < 5, "processing must not stop during a safe rollout"
+
+
+def test_breaking_bump_migrates_only_after_the_last_old_pool_stopped(fleet: FleetEnv) -> None:
+    fleet.apply("2", replicas=3)
+    fleet.wait_ready("2")
+    producer = Producer(fleet.url, fleet.schema, every_s=0.02)
+    try:
+        wait_until(lambda: len(ledger(fleet)) > 20, 30, "jobs flowing")
+        started = time.monotonic()
+        fleet.patch_spec(version="3")
+        fleet.wait_ready("3", timeout=120)
+        rollout_s = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        enqueued = producer.stop()
+    assert_exactly_once(fleet, enqueued)
+    [(migrated_at,)] = fleet.q("select applied_at from {s}.migrations where id = 'app/0003'")
+    [(last_old_stop,)] = fleet.q("select max(stopped_at) from {s}.pools where version = '2'")
+    assert last_old_stop < migrated_at
+    # No job ran on a schema its worker does not know.
+    assert all(t < migrated_at for _, v, t in ledger(fleet) if v == "2.0.0")
+    assert all(t > migrated_at for _, v, t in ledger(fleet) if v == "3.0.0")
+    reasons = [e["reason"] for e in fleet.events()]
+    assert "MigrationStarted" in reasons
+    print(
+        f"\nbreaking rollout of 3 replicas: {rollout_s:.1f}s, longest completion gap "
+        f"{longest_gap_s(fleet):.2f}s"
+    )
+
+
+def test_an_outside_pool_is_evicted_after_the_wait(fleet: FleetEnv, tmp_path: Path) -> None:
+    from tests.helpers import WorkerProcess
+
+    fleet.apply("2", replicas=1, maxMigrationWaitTime="4s")
+    fleet.wait_ready("2")
+    laptop = WorkerProcess(
+        fleet.url,
+        fleet.schema,
+        "fleet_test_apps.v2",
+        tmp_path,
+        "--heartbeat-interval",
+        "0.5s",
+        "--sweep-threshold",
+        "3s",
+        "--migrations",
+        "external",
+        "--graceful-shutdown-timeout",
+        "60s",
+    )
+    try:
+        wait_until(
+            lambda: fleet.q("select 1 from {s}.pools where pod_name is null and state = 'active'"),
+            30,
+            "outside pool active",
+        )
+        held = int(fleet.q("select ({s}.add_job('work', '{{\"sleep\": 120}}')).id")[0][0])
+        wait_until(
+            lambda: fleet.q(
+                "select 1 from {s}.jobs where id = %s and locked_by is not null", [held]
+            ),
+            30,
+            "job held",
+        )
+        fleet.q("update {s}.jobs set payload = '{{}}' where id = %s returning 1", [held])
+        fleet.patch_spec(version="3")
+        fleet.wait_ready("3", timeout=120)
+        assert laptop.wait(30) == 57  # evicted: out of date, do not restart
+    finally:
+        laptop.stop()
+    [(state, reason)] = fleet.q("select state, reason from {s}.pools where pod_name is null")
+    assert state == "evicted" and "maxMigrationWaitTime" in str(reason)
+    assert "PoolsEvicted" in [e["reason"] for e in fleet.events()]
+    wait_until(lambda: fleet.q("select count(*) from {s}.jobs") == [(0,)], 30, "held job rerun")
+
+
+def test_broken_version_hits_the_deadline_and_rollback_works(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=2, rollout={"progressDeadlineSeconds": 10})
+    fleet.wait_ready("1")
+    fleet.patch_spec(version="crash")
+
+    def deadline_exceeded() -> bool:
+        c = fleet.condition("Progressing")
+        return bool(c and c["reason"] == "ProgressDeadlineExceeded")
+
+    wait_until(deadline_exceeded, 60, "ProgressDeadlineExceeded")
+    assert (
+        len(
+            [
+                p
+                for p in fleet.pods()
+                if p["metadata"]["annotations"]["workerfleet.dev/version"] == "1"
+            ]
+        )
+        == 2
+    ), "old pods untouched"
+    fleet.patch_spec(version="1")
+    fleet.wait_ready("1")
+    assert all(p["metadata"]["annotations"]["workerfleet.dev/version"] == "1" for p in fleet.pods())
+
+
+def test_rollback_across_a_breaking_migration_is_refused(fleet: FleetEnv) -> None:
+    fleet.apply("2", replicas=1)
+    fleet.wait_ready("2")
+    fleet.patch_spec(version="3")
+    fleet.wait_ready("3")
+    fleet.patch_spec(version="2")
+
+    def refused() -> bool:
+        c = fleet.condition("Progressing")
+        return bool(c and c["reason"] == "RollbackRefused")
+
+    wait_until(refused, 60, "RollbackRefused")
+    assert "app/0003" in fleet.get()["status"]["message"]
+    assert "RollbackRefused" in [e["reason"] for e in fleet.events()]
+    assert all(
+        p["metadata"]["annotations"]["workerfleet.dev/version"] == "3"
+        for p in fleet.pods()
+        if not p["metadata"].get("deletionTimestamp")
+    )
+
+
+def test_operator_killed_mid_rollout_completes_with_one_migration(
+    fleet: FleetEnv, operator: OperatorProcess
+) -> None:
+    fleet.apply("1", replicas=3)
+    fleet.wait_ready("1")
+    fleet.patch_spec(version="3")
+    wait_until(
+        lambda: fleet.jobs() or fleet.q("select 1 from {s}.pools where version = '3'"),
+        60,
+        "rollout under way",
+    )
+    operator.stop(signal.SIGKILL)
+    time.sleep(2)
+    operator.start()
+    fleet.wait_ready("3", timeout=150)
+    applied = [r[0] for r in fleet.q("select id from {s}.migrations order by seq")]
+    assert applied.count("app/0003") == 1 and applied.count("app/0002") == 1
+    targets = sorted(
+        j["metadata"]["annotations"]["workerfleet.dev/migration-target"] for j in fleet.jobs()
+    )
+    assert len(targets) == len(set(targets)), "a migration Job ran twice"
+
+
+def test_invalid_specs_are_rejected_with_a_readable_message(fleet: FleetEnv) -> None:
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", replicas=-1)
+    assert bad.value.status == 422 and "spec.replicas" in bad.value.body
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", heartbeatInterval="40s", sweepThreshold="1m")
+    assert "sweepThreshold must be at least twice heartbeatInterval" in bad.value.body
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("not a version!")
+    assert "spec.version" in bad.value.body
+
+
+def test_a_missing_secret_is_a_condition_that_names_it(fleet: FleetEnv) -> None:
+    fleet.apply("1", database={"secretRef": {"name": "nope"}})
+
+    def named() -> bool:
+        status = fleet.get().get("status") or {}
+        return "Secret" in status.get("message", "") and "nope" in status.get("message", "")
+
+    wait_until(named, 30, "condition naming the Secret")
+    assert fleet.condition("Ready")["status"] == "False"  # type: ignore[index]
+    assert fleet.pods() == []
