@@ -229,3 +229,32 @@ def test_a_database_outage_fences_the_worker_and_loses_nothing(tmp_path: Path) -
         if worker is not None:
             worker.stop()
         pg.stop()
+
+
+def test_rolling_restarts_under_a_stream_run_every_job_exactly_once(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM workers one after another while jobs stream in: completions in flight at
+    shutdown must land before the pool releases what it holds, or a finished job reruns."""
+    from tests.helpers import Producer
+
+    install(conn, schema_name)
+    workers = [WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST) for _ in range(2)]
+    producer = Producer(database_url, schema_name, every_s=0.002, sleep_s=0.0)
+    try:
+        for _ in range(8):
+            wait_for(lambda: len(active_pools(conn, schema_name)) >= 2, what="two active pools")
+            old = workers.pop(0)
+            old.signal(signal.SIGTERM)
+            assert old.wait() == ExitCode.OK
+            old.stop()
+            workers.append(WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST))
+        enqueued = producer.stop()
+        wait_for(lambda: remaining(conn, schema_name) == 0, what="queue drained")
+    finally:
+        producer.stop()
+        for w in workers:
+            w.stop()
+    runs = ledger(conn, schema_name)
+    assert len(runs) == len(set(runs)), "a finished job ran again after a graceful stop"
+    assert sorted(runs) == sorted(enqueued)

@@ -124,6 +124,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._to_complete: list[int] = []
+        self._completing: list[int] = []  # the batch whose completion is in flight
         self._completions = asyncio.Event()
         self._jobs_conn: psycopg.AsyncConnection | None = None
         self._signals = 0
@@ -460,6 +461,7 @@ class Worker:
             self._completions.clear()
             while self._to_complete:
                 batch, self._to_complete = self._to_complete, []
+                self._completing = batch
                 try:
                     done = await complete_jobs(await self._jobs(), self.sql, self._pool(), batch)
                 except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
@@ -468,6 +470,8 @@ class Worker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5)
                     continue
+                finally:
+                    self._completing = []
                 backoff = 0.05
                 self.counters.completed += len(done)
                 rejected = len(batch) - len(done)
@@ -478,8 +482,11 @@ class Worker:
                     )
 
     async def _flush_completions(self, timeout: float) -> None:
+        """Wait until every finished job is recorded as completed, including a batch already
+        in flight: releasing this pool's jobs before that commits would hand a finished job
+        to another worker, which would run it a second time."""
         deadline = time.monotonic() + timeout
-        while self._to_complete and time.monotonic() < deadline:
+        while (self._to_complete or self._completing) and time.monotonic() < deadline:
             self._completions.set()
             await asyncio.sleep(0.02)
 
