@@ -29,7 +29,7 @@ import yaml
 from fleet_worker.db import Schema
 from fleet_worker.queue import JobSpec, add_job
 from localcluster.bins import ensure as ensure_binaries
-from localcluster.cluster import Cluster
+from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image, ImageTable
 from localcluster.kube import ApiError, Client
 from workerfleet_demo.view import Snapshot, live_view
@@ -76,12 +76,7 @@ def images(workdir: Path) -> ImageTable:
 
 
 def install(client: Client, url: str, replicas: int) -> None:
-    crd = yaml.safe_load((ROOT / "crds" / "workerfleet.yaml").read_text())
-    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    client.create(crds, crd)
-    wait(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in
-                     (client.get(f"{crds}/{crd['metadata']['name']}").get("status") or {})
-                     .get("conditions", [])), 30)  # fmt: skip
+    install_crd(client, yaml.safe_load((ROOT / "crds" / "workerfleet.yaml").read_text()))
     client.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
     wait(lambda: _exists(client, f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"), 30)
     client.create(f"/api/v1/namespaces/{NAMESPACE}/secrets",

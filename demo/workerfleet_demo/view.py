@@ -133,7 +133,9 @@ def live_view(run: Run, *, enabled: bool) -> Iterator[None]:
                 if snap is None:
                     continue
                 status = snap.fleet.get("status") or {}
-                line = f"[demo] {status.get('phase')}: {status.get('message')}"
+                if not status.get("phase"):
+                    continue
+                line = f"[demo] {status['phase']}: {status.get('message', '')}"
                 if line != last:
                     print(line, flush=True)
                     last = line

@@ -17,9 +17,9 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from localcluster.cluster import Cluster
+from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image
-from localcluster.kube import ApiError, Client
+from localcluster.kube import Client
 from tests.conftest import APPS_DIR
 from workerfleet_dev.postgres import free_port
 
@@ -57,21 +57,8 @@ def wait_until(
         time.sleep(interval)
 
 
-def install_crd(client: Client) -> None:
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        client.create(path, crd)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
-
-    def established() -> bool:
-        obj = client.get(f"{path}/{crd['metadata']['name']}")
-        conds = (obj.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    wait_until(established, 30, "CRD established")
+def install_workerfleet_crd(client: Client) -> None:
+    install_crd(client, yaml.safe_load(CRD_FILE.read_text()))
 
 
 def register_app_images(cluster: Cluster, root: Path) -> None:

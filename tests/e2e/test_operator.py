@@ -18,7 +18,7 @@ from localcluster.kube import ApiError, Client
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
-    install_crd,
+    install_workerfleet_crd,
     new_schema,
     register_app_images,
     wait_until,
@@ -33,7 +33,7 @@ def operator(
     local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     client = local_cluster.client()
-    install_crd(client)
+    install_workerfleet_crd(client)
     root = tmp_path_factory.mktemp("operator")
     register_app_images(local_cluster, root)
     op = OperatorProcess(local_cluster.kubeconfig, root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from localcluster.controlplane import ControlPlane
 from localcluster.images import ImageTable
@@ -95,3 +96,23 @@ class Cluster:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+def install_crd(client: Client, crd: dict[str, Any], timeout: float = 30.0) -> None:
+    """Create a CustomResourceDefinition (or find it there) and wait until it is Established,
+    so objects of the new kind can be created at once."""
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    try:
+        client.create(path, crd)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = client.get(f"{path}/{crd['metadata']['name']}")
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {crd['metadata']['name']} not Established in {timeout}s")
+        time.sleep(0.1)
