@@ -19,7 +19,7 @@ from psycopg import sql
 
 from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image
-from localcluster.kube import Client
+from localcluster.kube import ApiError, Client
 from tests.conftest import APPS_DIR
 from workerfleet_dev.postgres import free_port
 
@@ -213,3 +213,37 @@ class FleetEnv:
 
 def new_schema() -> str:
     return f"e2e_{uuid.uuid4().hex[:10]}"
+
+
+_PATHS = {
+    "Namespace": "/api/v1/namespaces",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+}
+
+
+def apply_deploy_base(client: Client) -> None:
+    """`kubectl apply -k deploy/`, as REST creates (the CRD is already installed)."""
+    from tests.helpers import kustomize_objects
+
+    for obj in kustomize_objects(ROOT / "deploy"):
+        if obj["kind"] == "CustomResourceDefinition":
+            continue
+        path = _PATHS[obj["kind"]].format(ns=obj["metadata"].get("namespace", ""))
+        try:
+            client.create(path, obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
+
+def register_operator_image(cluster: Cluster) -> None:
+    """`workerfleet-operator:0.1.0` is this checkout's operator: the Deployment's own
+    command (`kopf run ...`) runs with the venv on PATH."""
+    cluster.images.add(
+        "workerfleet-operator:0.1.0",
+        Image(command=[str(VENV_BIN / "kopf")],
+              env={"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"}),
+    )  # fmt: skip

@@ -4,6 +4,7 @@ running worker pods as `fleet-worker` processes, a real PostgreSQL, and the oper
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import time
@@ -18,9 +19,11 @@ from localcluster.kube import ApiError, Client
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
+    apply_deploy_base,
     install_workerfleet_crd,
     new_schema,
     register_app_images,
+    register_operator_image,
     wait_until,
 )
 from tests.helpers import Producer
@@ -287,3 +290,39 @@ def test_a_missing_secret_is_a_condition_that_names_it(fleet: FleetEnv) -> None:
     wait_until(named, 30, "condition naming the Secret")
     assert fleet.condition("Ready")["status"] == "False"  # type: ignore[index]
     assert fleet.pods() == []
+
+
+def test_the_operator_from_deploy_runs_under_its_service_account(
+    fleet: FleetEnv, operator: OperatorProcess, local_cluster: Cluster
+) -> None:
+    """Deployed from deploy/ (namespace, ServiceAccount, least-privilege RBAC, Deployment),
+    the operator runs as a pod with its own token and completes a rollout: the RBAC is
+    enough. The admin-run operator is stopped meanwhile so only the pod acts."""
+    register_operator_image(local_cluster)
+    operator.stop()
+    deployment = "/apis/apps/v1/namespaces/workerfleet-system/deployments/workerfleet-operator"
+    try:
+        apply_deploy_base(fleet.client)
+
+        def operator_pod_ready() -> bool:
+            pods = fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"]
+            return any(p["spec"].get("serviceAccountName") == "workerfleet-operator"
+                       and any(c["type"] == "Ready" and c["status"] == "True"
+                               for c in (p.get("status") or {}).get("conditions", []))
+                       for p in pods)  # fmt: skip
+
+        wait_until(operator_pod_ready, 60, "operator pod ready")
+        fleet.apply("1", replicas=2)
+        fleet.wait_ready("1", timeout=120)
+        fleet.patch_spec(version="2")
+        fleet.wait_ready("2", timeout=120)
+        assert "ActionFailed" not in [e["reason"] for e in fleet.events()]
+    finally:
+        with contextlib.suppress(ApiError):
+            fleet.client.delete(deployment)
+        wait_until(
+            lambda: not fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"],
+            60,
+            "operator pod gone",
+        )
+        operator.start()

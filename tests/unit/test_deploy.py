@@ -3,7 +3,6 @@ operator Deployment is locked down, and the example fleet is valid."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from fleet_worker.durations import parse_duration
+from tests.helpers import kustomize_objects
 from tests.unit.openapi_subset import apply_defaults, validate
 from workerfleet_operator import crdgen
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec
@@ -43,21 +43,8 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
-def _kustomize(directory: Path) -> Iterator[dict[str, Any]]:
-    """The objects `kubectl apply -k directory` would create (we use no transformers)."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    for entry in kustomization["resources"]:
-        target = (directory / entry).resolve()
-        if target.is_dir():
-            yield from _kustomize(target)
-        else:
-            # kustomize refuses plain files outside the kustomization root.
-            assert target.is_relative_to(directory.resolve()), f"{directory}: {entry}"
-            yield from _docs(target)
-
-
 def _objects(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"]["name"]): o for o in _kustomize(directory)}
+    return {(o["kind"], o["metadata"]["name"]): o for o in kustomize_objects(directory)}
 
 
 @pytest.fixture(scope="module")
