@@ -18,20 +18,16 @@ from tests.conftest import APPS_DIR
 
 T = TypeVar("T")
 
+# Fast but not twitchy: 15 missed heartbeats before a pool counts as dead, so a loaded CI
+# machine does not declare a busy worker dead (which would rerun its jobs, by design).
 FAST = [
-    "--heartbeat-interval",
-    "0.2s",
-    "--sweep-interval",
-    "0.3s",
-    "--sweep-threshold",
-    "1.5s",
-    "--poll-interval",
-    "0.2s",
-    "--retry-delay",
-    "50ms",
-    "--graceful-shutdown-timeout",
-    "10s",
-]
+    "--heartbeat-interval", "0.2s",
+    "--sweep-interval", "0.3s",
+    "--sweep-threshold", "3s",
+    "--poll-interval", "0.2s",
+    "--retry-delay", "50ms",
+    "--graceful-shutdown-timeout", "10s",
+]  # fmt: skip
 
 
 def wait_for(

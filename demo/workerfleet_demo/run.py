@@ -32,8 +32,9 @@ from localcluster.bins import ensure as ensure_binaries
 from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image, ImageTable
 from localcluster.kube import ApiError, Client
+from localcluster.procs import free_port
 from workerfleet_demo.view import Snapshot, live_view
-from workerfleet_dev.postgres import LocalPostgres, free_port
+from workerfleet_dev.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, FLEET, SCHEMA = "demo", "shop", "shop_queue"

@@ -6,10 +6,13 @@ at once when one of its pods or Jobs changes; deletion drains the pods first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import os
-import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -24,12 +27,18 @@ INTERVAL_S = float(os.environ.get("WORKERFLEET_RECONCILE_INTERVAL", "2"))
 METRICS_PORT = int(os.environ.get("WORKERFLEET_METRICS_PORT", "9090"))
 METRICS_HOST = os.environ.get("WORKERFLEET_METRICS_HOST", os.environ.get("POD_IP", "127.0.0.1"))
 
-_triggers: dict[tuple[str, str], threading.Event] = {}
+# Reconciles are short blocking calls (API and database clients); they run on a pool of our
+# own, so one slow database never holds Kopf's executor and any number of fleets can wait.
+_reconcilers = ThreadPoolExecutor(
+    max_workers=int(os.environ.get("WORKERFLEET_RECONCILE_THREADS", "8")),
+    thread_name_prefix="reconcile",
+)
+_triggers: dict[tuple[str, str], asyncio.Event] = {}
 _clients: Clients | None = None
 
 
-def _trigger(namespace: str, fleet: str) -> threading.Event:
-    return _triggers.setdefault((namespace, fleet), threading.Event())
+def _trigger(namespace: str, fleet: str) -> asyncio.Event:
+    return _triggers.setdefault((namespace, fleet), asyncio.Event())
 
 
 @kopf.on.startup()
@@ -55,12 +64,13 @@ def configure(
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    _reconcilers.shutdown(wait=False, cancel_futures=True)
     if _clients is not None:
         _clients.dbs.close()
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
-def fleet_daemon(
+async def fleet_daemon(
     stopped: kopf.DaemonStopped,
     name: str,
     namespace: str | None,
@@ -68,31 +78,37 @@ def fleet_daemon(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """Reconcile until the fleet is deleted. `body` is kept current by Kopf."""
+    """Reconcile until the fleet is deleted: every INTERVAL_S, and at once when one of its
+    pods or Jobs changes. `body` is kept current by Kopf. The daemon itself only waits, so
+    thousands of fleets cost no threads."""
     assert namespace is not None  # WorkerFleet is namespaced
     trigger = _trigger(namespace, name)
+    loop = asyncio.get_running_loop()
     while not stopped:
         trigger.clear()
         if _clients is not None:
+            step = functools.partial(
+                reconcile,
+                _clients,
+                name=name,
+                namespace=namespace,
+                uid=str(body.metadata.uid),
+                generation=int(body.metadata.get("generation") or 0),
+                spec_data=dict(body.spec),
+                annotations=dict(body.metadata.annotations),
+                status_data=dict(body.status),
+            )
             try:
-                reconcile(
-                    _clients,
-                    name=name,
-                    namespace=namespace,
-                    uid=str(body.metadata.uid),
-                    generation=int(body.metadata.get("generation") or 0),
-                    spec_data=dict(body.spec),
-                    annotations=dict(body.metadata.annotations),
-                    status_data=dict(body.status),
-                )
+                await loop.run_in_executor(_reconcilers, step)
             except Exception:  # the loop must survive anything one reconcile meets
                 logger.exception("reconcile failed")
-        trigger.wait(INTERVAL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(trigger.wait(), INTERVAL_S)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FLEET: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FLEET: kopf.PRESENT})
-def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     if namespace is not None:
         _trigger(namespace, labels[LABEL_FLEET]).set()
 

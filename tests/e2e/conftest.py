@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from localcluster.cluster import Cluster
 from localcluster.images import Image, ImageTable
+from localcluster.kube import Client
 from localcluster.testing import k8s_client, kube_namespace, local_cluster
+from tests.e2e.operator_env import (
+    FleetEnv,
+    OperatorProcess,
+    install_workerfleet_crd,
+    new_schema,
+    register_app_images,
+)
 
 __all__ = ["k8s_client", "kube_namespace", "local_cluster", "localcluster_images"]
 
@@ -30,3 +41,30 @@ def localcluster_images() -> ImageTable:
             "localcluster.test/sleep": Image(command=[py, "-c", "import time; time.sleep(3600)"]),
         }
     )
+
+
+@pytest.fixture(scope="module")
+def operator(
+    local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator as a `kopf run` process, one per test module (modules may stop and
+    restart it); app images `workerfleet.test/app:N` registered with the node agent."""
+    install_workerfleet_crd(local_cluster.client())
+    root = tmp_path_factory.mktemp("operator")
+    register_app_images(local_cluster, root)
+    op = OperatorProcess(local_cluster.kubeconfig, root)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def fleet(
+    operator: OperatorProcess, k8s_client: Client, kube_namespace: str, database_url: str
+) -> Iterator[FleetEnv]:
+    """A fresh namespace, database Secret and schema for one `shop` fleet. Deleted after
+    the test so its worker processes do not load the machine for the tests that follow."""
+    env = FleetEnv(k8s_client, kube_namespace, database_url, new_schema())
+    yield env
+    if not env.delete(timeout=60):
+        warnings.warn(f"fleet {env.ns}/{env.name} still present 60s after delete", stacklevel=1)

@@ -20,8 +20,9 @@ from psycopg import sql
 from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image
 from localcluster.kube import ApiError, Client
+from localcluster.procs import free_port
 from tests.conftest import APPS_DIR
-from workerfleet_dev.postgres import free_port
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -34,27 +35,16 @@ T = TypeVar("T")
 FAST_SPEC: dict[str, Any] = {
     "heartbeatInterval": "500ms",
     "sweepInterval": "1s",
-    "sweepThreshold": "3s",
+    "sweepThreshold": "5s",
     "gracefulShutdownTimeout": "5s",
     "maxMigrationWaitTime": "10m",
     "concurrency": 4,
 }
 
 
-def wait_until(
-    cond: Callable[[], T | None],
-    timeout: float = 60,
-    what: str = "condition",
-    interval: float = 0.2,
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def wait_until(cond: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
+    """`wait_for` at a pace that does not flood the apiserver."""
+    return wait_for(cond, timeout=timeout, interval=0.2, what=what)
 
 
 def install_workerfleet_crd(client: Client) -> None:
@@ -158,6 +148,25 @@ class FleetEnv:
             },
         }
         return self.client.create(FLEETS.format(ns=self.ns), body)
+
+    def delete(self, timeout: float = 60) -> bool:
+        """Delete the fleet; True once it is gone (its finalizer drains the pods first)."""
+        try:
+            self.client.delete(self.path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return True
+            raise
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.client.get(self.path)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            time.sleep(0.3)
+        return False
 
     def patch_spec(self, **spec: Any) -> dict[str, Any]:
         return self.client.merge_patch(self.path, {"spec": spec})

@@ -6,44 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import Cluster
-from localcluster.kube import Client
 from tests.e2e.operator_env import (
     FleetEnv,
-    OperatorProcess,
-    install_workerfleet_crd,
-    new_schema,
-    register_app_images,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 PLUGIN = str(Path(sys.executable).parent / "kubectl-workerfleet")
-
-
-@pytest.fixture(scope="module")
-def operator(
-    local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_workerfleet_crd(local_cluster.client())
-    root = tmp_path_factory.mktemp("plugin-operator")
-    register_app_images(local_cluster, root)
-    op = OperatorProcess(local_cluster.kubeconfig, root)
-    op.start()
-    yield op
-    op.stop()
-
-
-@pytest.fixture
-def fleet(
-    operator: OperatorProcess, k8s_client: Client, kube_namespace: str, database_url: str
-) -> FleetEnv:
-    return FleetEnv(k8s_client, kube_namespace, database_url, new_schema())
 
 
 def plugin(fleet: FleetEnv, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,48 +8,23 @@ import contextlib
 import itertools
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from localcluster.cluster import Cluster
-from localcluster.kube import ApiError, Client
+from localcluster.kube import ApiError
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
     apply_deploy_base,
-    install_workerfleet_crd,
-    new_schema,
-    register_app_images,
     register_operator_image,
     wait_until,
 )
 from tests.helpers import Producer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def operator(
-    local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    client = local_cluster.client()
-    install_workerfleet_crd(client)
-    root = tmp_path_factory.mktemp("operator")
-    register_app_images(local_cluster, root)
-    op = OperatorProcess(local_cluster.kubeconfig, root)
-    op.start()
-    yield op
-    op.stop()
-
-
-@pytest.fixture
-def fleet(
-    operator: OperatorProcess, k8s_client: Client, kube_namespace: str, database_url: str
-) -> FleetEnv:
-    return FleetEnv(k8s_client, kube_namespace, database_url, new_schema())
 
 
 def ledger(env: FleetEnv) -> list[tuple[int, str, datetime]]:
@@ -92,54 +67,53 @@ def test_apply_brings_pods_ready_and_pools_active(fleet: FleetEnv) -> None:
     assert {p[2] for p in pools} == {"1"}
 
 
-def test_safe_bump_migrates_first_then_replaces_pods_one_at_a_time(fleet: FleetEnv) -> None:
-    fleet.apply("1", replicas=3)
-    fleet.wait_ready("1")
+REPLICAS = 4
+
+
+def bump_under_stream(fleet: FleetEnv, start: str, target: str) -> float:
+    """Run `start`, bump to `target` under a steady job stream; every job must run exactly
+    once. Returns the rollout's duration in seconds."""
+    fleet.apply(start, replicas=REPLICAS)
+    fleet.wait_ready(start)
     producer = Producer(fleet.url, fleet.schema, every_s=0.02)
     try:
         wait_until(lambda: len(ledger(fleet)) > 20, 30, "jobs flowing")
         started = time.monotonic()
-        fleet.patch_spec(version="2")
-        fleet.wait_ready("2", timeout=120)
+        fleet.patch_spec(version=target)
+        fleet.wait_ready(target, timeout=120)
         rollout_s = time.monotonic() - started
         time.sleep(1)
     finally:
         enqueued = producer.stop()
     assert_exactly_once(fleet, enqueued)
+    return rollout_s
+
+
+def test_safe_bump_migrates_first_then_replaces_pods_one_at_a_time(fleet: FleetEnv) -> None:
+    rollout_s = bump_under_stream(fleet, "1", "2")
     [(migrated_at,)] = fleet.q("select applied_at from {s}.migrations where id = 'app/0002'")
     old = fleet.q(
         "select stopped_at from {s}.pools where version = '1' and state = 'stopped' "
         "order by stopped_at"
     )
-    assert len(old) == 3 and all(s > migrated_at for (s,) in old), "migration before old pods go"
+    assert len(old) == REPLICAS, old
+    assert all(s > migrated_at for (s,) in old), "migration before old pods go"
     # One server at a time: never more than replicas + maxSurge pools alive at once.
     spans = fleet.q("select started_at, coalesce(stopped_at, now()) from {s}.pools")
     for start, _ in spans:
         alive = sum(1 for a, b in spans if a <= start < b)
-        assert alive <= 4
+        assert alive <= REPLICAS + 1
     targets = [
         j["metadata"]["annotations"]["workerfleet.dev/migration-target"] for j in fleet.jobs()
     ]
     assert targets.count("app/0002") == 1, targets
     gap = longest_gap_s(fleet)
-    print(f"\nsafe rollout of 3 replicas: {rollout_s:.1f}s, longest completion gap {gap:.2f}s")
+    print(f"\nsafe rollout of {REPLICAS} replicas: {rollout_s:.1f}s, longest gap {gap:.2f}s")
     assert gap < 5, "processing must not stop during a safe rollout"
 
 
 def test_breaking_bump_migrates_only_after_the_last_old_pool_stopped(fleet: FleetEnv) -> None:
-    fleet.apply("2", replicas=3)
-    fleet.wait_ready("2")
-    producer = Producer(fleet.url, fleet.schema, every_s=0.02)
-    try:
-        wait_until(lambda: len(ledger(fleet)) > 20, 30, "jobs flowing")
-        started = time.monotonic()
-        fleet.patch_spec(version="3")
-        fleet.wait_ready("3", timeout=120)
-        rollout_s = time.monotonic() - started
-        time.sleep(1)
-    finally:
-        enqueued = producer.stop()
-    assert_exactly_once(fleet, enqueued)
+    rollout_s = bump_under_stream(fleet, "2", "3")
     [(migrated_at,)] = fleet.q("select applied_at from {s}.migrations where id = 'app/0003'")
     [(last_old_stop,)] = fleet.q("select max(stopped_at) from {s}.pools where version = '2'")
     assert last_old_stop < migrated_at
@@ -149,7 +123,7 @@ def test_breaking_bump_migrates_only_after_the_last_old_pool_stopped(fleet: Flee
     reasons = [e["reason"] for e in fleet.events()]
     assert "MigrationStarted" in reasons
     print(
-        f"\nbreaking rollout of 3 replicas: {rollout_s:.1f}s, longest completion gap "
+        f"\nbreaking rollout of {REPLICAS} replicas: {rollout_s:.1f}s, longest completion gap "
         f"{longest_gap_s(fleet):.2f}s"
     )
 
@@ -326,3 +300,19 @@ def test_the_operator_from_deploy_runs_under_its_service_account(
             "operator pod gone",
         )
         operator.start()
+
+
+def test_deleting_a_fleet_drains_its_pods_and_loses_nothing(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=2)
+    fleet.wait_ready("1")
+    ids = [
+        int(fleet.q("select ({s}.add_job('work', '{{\"sleep\": 2}}')).id")[0][0]) for _ in range(4)
+    ]
+    wait_until(lambda: len(ledger(fleet)) == 4, 30, "jobs running")
+    assert fleet.delete(timeout=60), "the fleet was not deleted"
+    assert fleet.pods() == []
+    # Every pool stopped gracefully: its jobs finished, none left locked, none run twice.
+    states = {r[0] for r in fleet.q("select state from {s}.pools where fleet = 'shop'")}
+    assert states == {"stopped"}, states
+    assert fleet.q("select count(*) from {s}.jobs") == [(0,)]
+    assert sorted(j for j, _, _ in ledger(fleet)) == sorted(ids)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from localcluster.controlplane import ControlPlane
 from localcluster.images import ImageTable
 from localcluster.kube import ApiError, Client
 from localcluster.node import NodeAgent
+from localcluster.procs import Lifecycle
 
 
-class Cluster:
+class Cluster(Lifecycle):
     def __init__(
         self,
         workdir: Path,
@@ -67,18 +67,6 @@ class Cluster:
         if self._agent is not None:
             self._agent.stop()
         self.control_plane.stop()
-
-    def __enter__(self) -> Cluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def create_namespace(self, name: str, timeout: float = 30.0) -> None:
         """Create a namespace and wait for its `default` ServiceAccount (pods need it)."""

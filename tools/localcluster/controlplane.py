@@ -16,10 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from localcluster import bins, pki, procs
 from localcluster.kube import Client, Credentials
+from localcluster.procs import Lifecycle
 
 # Controllers the operator and the tests rely on; anything else (node lifecycle, scheduling
 # via kube-scheduler, cloud) is either done by the node agent or not needed.
@@ -72,7 +72,7 @@ def write_kubeconfig(
     path.chmod(0o600)
 
 
-class ControlPlane:
+class ControlPlane(Lifecycle):
     def __init__(self, workdir: Path | None = None, binaries: bins.Binaries | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="localcluster-"))
@@ -146,18 +146,6 @@ class ControlPlane:
         self.controller_manager = self.apiserver = self.etcd = None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> ControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- the three processes --------------------------------------------------------------
     def _start_etcd(self, binaries: bins.Binaries, timeout: float) -> None:

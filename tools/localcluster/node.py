@@ -15,12 +15,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from localcluster.images import ImageTable
 from localcluster.kube import ApiError, Client, Obj
 from localcluster.pods import AgentContext, PodWorker, now_rfc3339, pod_log_dir
+from localcluster.procs import Lifecycle
 
 log = logging.getLogger("localcluster.node")
 
@@ -73,7 +73,7 @@ class IpAllocator:
             self._lockfile = None
 
 
-class NodeAgent:
+class NodeAgent(Lifecycle):
     def __init__(
         self,
         client: Client,
@@ -133,18 +133,6 @@ class NodeAgent:
         for t in self._threads:
             t.join(0.5)
         self.ips.close()
-
-    def __enter__(self) -> NodeAgent:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- helpers for tests ----------------------------------------------------------------
     def log_path(self, namespace: str, pod: str, container: str | None = None) -> Path:

@@ -14,14 +14,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+
+from localcluster.procs import Lifecycle, free_port
 
 SERVICE_USER_CANDIDATES = ("postgres", "workerfleet-pg")
 
@@ -91,13 +91,7 @@ def _binaries_for(user: pwd.struct_passwd | None) -> Path:
     return cache / "bin"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class LocalPostgres:
+class LocalPostgres(Lifecycle):
     """Context manager: `with LocalPostgres() as pg: pg.url`."""
 
     def __init__(self, *, port: int | None = None, data_dir: Path | None = None) -> None:
@@ -193,18 +187,6 @@ class LocalPostgres:
             except ProcessLookupError:
                 pass
             self._pid = None
-
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
