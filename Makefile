@@ -50,6 +50,12 @@ crds: install
 	$(PY) -m workerfleet_operator.crdgen
 	$(PY) -m workerfleet_operator.docgen
 
+# The operator e2e suite on kind with real images. Needs Docker, kind and kubectl; these
+# development machines have none, so it has never run here (see README).
+.PHONY: e2e-kind
+e2e-kind: install
+	scripts/e2e-kind/run.sh $(PYTEST_ARGS)
+
 bench: install
 	$(PY) -m bench.worker_throughput
 

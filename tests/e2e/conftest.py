@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import Cluster
 from localcluster.images import Image, ImageTable
 from localcluster.kube import Client
-from localcluster.testing import k8s_client, kube_namespace, local_cluster
+from localcluster.testing import k8s_client, kube_namespace, running_cluster
+from tests.e2e import kind_backend
+from tests.e2e.kind_backend import ClusterLike, KindCluster
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
@@ -43,9 +45,20 @@ def localcluster_images() -> ImageTable:
     )
 
 
+@pytest.fixture(scope="session")
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory, localcluster_images: ImageTable
+) -> Iterator[ClusterLike]:
+    """The local control plane and node agent, or a kind cluster under `make e2e-kind`."""
+    if kind_backend.enabled():
+        yield KindCluster(Path(os.environ["KUBECONFIG"]))
+        return
+    yield from running_cluster(tmp_path_factory, localcluster_images)
+
+
 @pytest.fixture(scope="module")
 def operator(
-    local_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+    local_cluster: ClusterLike, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """The operator as a `kopf run` process, one per test module (modules may stop and
     restart it); app images `workerfleet.test/app:N` registered with the node agent."""

@@ -17,11 +17,12 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from localcluster.cluster import Cluster, install_crd
+from localcluster.cluster import install_crd
 from localcluster.images import Image
 from localcluster.kube import ApiError, Client
 from localcluster.procs import free_port
 from tests.conftest import APPS_DIR
+from tests.e2e.kind_backend import ClusterLike
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def install_workerfleet_crd(client: Client) -> None:
     install_crd(client, yaml.safe_load(CRD_FILE.read_text()))
 
 
-def register_app_images(cluster: Cluster, root: Path) -> None:
+def register_app_images(cluster: ClusterLike, root: Path) -> None:
     """`workerfleet.test/app:N` runs fleet_test_apps.vN under the module name the fleet's
     spec.app names (`fleet_e2e_app`); `:crash` fails at import, like a broken release."""
     versions = {"1": "v1", "2": "v2", "3": "v3"}
@@ -113,6 +114,20 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's Prometheus metrics, as name{labels} -> value."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
 
 
 class FleetEnv:
@@ -248,7 +263,7 @@ def apply_deploy_base(client: Client) -> None:
                 raise
 
 
-def register_operator_image(cluster: Cluster) -> None:
+def register_operator_image(cluster: ClusterLike) -> None:
     """`workerfleet-operator:0.1.0` is this checkout's operator: the Deployment's own
     command (`kopf run ...`) runs with the venv on PATH."""
     cluster.images.add(

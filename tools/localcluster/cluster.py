@@ -69,21 +69,24 @@ class Cluster(Lifecycle):
         self.control_plane.stop()
 
     def create_namespace(self, name: str, timeout: float = 30.0) -> None:
-        """Create a namespace and wait for its `default` ServiceAccount (pods need it)."""
-        client = self.client()
-        client.create(
-            "/api/v1/namespaces",
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-                return
-            except ApiError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        create_namespace(self.client(), name, timeout)
+
+
+def create_namespace(client: Client, name: str, timeout: float = 30.0) -> None:
+    """Create a namespace and wait for its `default` ServiceAccount (pods need it)."""
+    client.create(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            return
+        except ApiError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def install_crd(client: Client, crd: dict[str, Any], timeout: float = 30.0) -> None:

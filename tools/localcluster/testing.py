@@ -33,10 +33,17 @@ def local_cluster(
     tmp_path_factory: pytest.TempPathFactory, localcluster_images: ImageTable
 ) -> Iterator[Cluster]:
     """A running control plane + node agent for the whole session; KUBECONFIG points at it."""
+    yield from running_cluster(tmp_path_factory, localcluster_images)
+
+
+def running_cluster(
+    tmp_path_factory: pytest.TempPathFactory, images: ImageTable
+) -> Iterator[Cluster]:
+    """The `local_cluster` fixture's body, for conftests that wrap it."""
     # Short back-off keeps crash-loop tests quick; the kubelet's 10s start is the CLI default.
     cluster = Cluster(
         tmp_path_factory.mktemp("localcluster"),
-        localcluster_images,
+        images,
         backoff_initial=1.0,
         backoff_max=10.0,
     )
