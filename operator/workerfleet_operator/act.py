@@ -20,6 +20,7 @@ from workerfleet_operator.observe import Databases
 from workerfleet_operator.planner import (
     Action,
     CreatePod,
+    DeleteJob,
     DeletePod,
     EvictOutdated,
     NoAction,
@@ -54,32 +55,54 @@ class Fleet:
 
 def act(fleet: Fleet, action: Action) -> str:
     """Carry out `action`; returns a one-line description for events and logs."""
-    spec, ns = fleet.spec, fleet.namespace
     if isinstance(action, NoAction):
         return action.reason
     if isinstance(action, CreatePod):
-        body = builders.worker_pod(fleet.name, fleet.uid, spec, fleet.revision)
-        # The client accepts plain manifests; its stubs only name its model classes.
-        pod = fleet.core.create_namespaced_pod(ns, body)  # type: ignore[arg-type]
-        return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
-    if isinstance(action, DeletePod):
-        try:
-            fleet.core.delete_namespaced_pod(action.name, ns)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        return f"deleting pod {action.name} ({action.reason})"
+        return _create_pod(fleet, action)
+    if isinstance(action, DeletePod | DeleteJob):
+        return _delete(fleet, action)
     if isinstance(action, RunMigration):
-        job = builders.migration_job(fleet.name, fleet.uid, spec, fleet.revision, action.to)
-        try:
-            fleet.batch.create_namespaced_job(ns, job)  # type: ignore[arg-type]
-        except ApiException as exc:
-            if exc.status != 409:  # already created before a restart: never a second Job
-                raise
-        return f"migration Job {job['metadata']['name']} applies up to {action.to}"
-    if isinstance(action, ReleasePools | EvictOutdated):
-        return _database_action(fleet, action)
-    raise TypeError(f"unknown action {action!r}")
+        return _run_migration(fleet, action)
+    return _database_action(fleet, action)
+
+
+def _create_pod(fleet: Fleet, action: CreatePod) -> str:
+    body = builders.worker_pod(fleet.name, fleet.uid, fleet.spec, fleet.revision, fleet.namespace)
+    # The client accepts plain manifests; its stubs only name its model classes.
+    pod = fleet.core.create_namespaced_pod(fleet.namespace, body)  # type: ignore[arg-type]
+    return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
+
+
+def _delete(fleet: Fleet, action: DeletePod | DeleteJob) -> str:
+    """Deletions are idempotent: already gone is done."""
+    try:
+        if isinstance(action, DeletePod):
+            fleet.core.delete_namespaced_pod(action.name, fleet.namespace)
+        else:
+            fleet.batch.delete_namespaced_job(
+                action.name, fleet.namespace, propagation_policy="Background"
+            )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    kind = "pod" if isinstance(action, DeletePod) else "migration Job"
+    return f"deleting {kind} {action.name} ({action.reason})"
+
+
+def _run_migration(fleet: Fleet, action: RunMigration) -> str:
+    job = builders.migration_job(fleet.name, fleet.uid, fleet.spec, fleet.revision, action.to)
+    name = job["metadata"]["name"]
+    try:
+        fleet.batch.create_namespaced_job(fleet.namespace, job)  # type: ignore[arg-type]
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        # Created before a restart: never a second Job; but it must be the same one.
+        existing = fleet.batch.read_namespaced_job(name, fleet.namespace)
+        annotations = (existing.metadata.annotations if existing.metadata else None) or {}
+        if annotations.get(builders.ANNOTATION_TARGET) != action.to:
+            raise RuntimeError(f"Job {name} exists for another migration target") from exc
+    return f"migration Job {name} applies up to {action.to}"
 
 
 def _database_action(fleet: Fleet, action: ReleasePools | EvictOutdated) -> str:

@@ -21,6 +21,12 @@ CONTAINER = "worker"
 GRACE_MARGIN_S = 15
 
 
+def fleet_id(namespace: str, name: str) -> str:
+    """What pools record as their fleet: namespaced, so same-named fleets in two namespaces
+    sharing one schema never act on each other's pools."""
+    return f"{namespace}/{name}"
+
+
 def _label_value(text: str) -> str:
     value = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
     return value or "none"
@@ -31,7 +37,6 @@ def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
     return [
         {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
         {"name": "FLEET_SCHEMA", "value": spec.schema_name},
-        {"name": "FLEET_NAME", "value": name},
         {"name": "WORKER_VERSION", "value": spec.version},
         {"name": "WORKER_IMAGE", "value": spec.image_ref},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -42,12 +47,12 @@ def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
     ]
 
 
-def worker_args(name: str, spec: WorkerFleetSpec) -> list[str]:
+def worker_args(name: str, spec: WorkerFleetSpec, namespace: str) -> list[str]:
     return [
         "run",
         "--app", spec.app,
         "--migrations", "external",
-        "--fleet", name,
+        "--fleet", fleet_id(namespace, name),
         "--worker-version", spec.version,
         "--concurrency", str(spec.concurrency),
         "--heartbeat-interval", spec.heartbeat_interval,
@@ -60,14 +65,14 @@ def worker_args(name: str, spec: WorkerFleetSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _pod_spec(name: str, spec: WorkerFleetSpec) -> dict[str, Any]:
+def _pod_spec(name: str, spec: WorkerFleetSpec, namespace: str) -> dict[str, Any]:
     t = spec.template
     port = spec.health_port
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image_ref,
         "command": ["fleet-worker"],
-        "args": worker_args(name, spec),
+        "args": worker_args(name, spec, namespace),
         "env": _pod_env(name, spec),
         "ports": [{"name": "health", "containerPort": port}],
         "readinessProbe": {
@@ -105,11 +110,11 @@ def _pod_spec(name: str, spec: WorkerFleetSpec) -> dict[str, Any]:
     return pod
 
 
-def revision(name: str, spec: WorkerFleetSpec) -> str:
+def revision(name: str, spec: WorkerFleetSpec, namespace: str) -> str:
     """Hash of everything that makes one worker pod differ from another; replicas, rollout
     settings and pause do not count."""
     material = {
-        "pod": _pod_spec(name, spec),
+        "pod": _pod_spec(name, spec, namespace),
         "labels": spec.template.labels,
         "annotations": spec.template.annotations,
     }
@@ -131,7 +136,9 @@ def fleet_selector(name: str) -> str:
     return f"{LABEL_FLEET}={name}"
 
 
-def worker_pod(name: str, uid: str, spec: WorkerFleetSpec, rev: str) -> dict[str, Any]:
+def worker_pod(
+    name: str, uid: str, spec: WorkerFleetSpec, rev: str, namespace: str
+) -> dict[str, Any]:
     labels = {
         **spec.template.labels,
         "app.kubernetes.io/name": "workerfleet",
@@ -149,7 +156,7 @@ def worker_pod(name: str, uid: str, spec: WorkerFleetSpec, rev: str) -> dict[str
             "annotations": {**spec.template.annotations, f"{GROUP}/version": spec.version},
             "ownerReferences": [_owner(name, uid)],
         },
-        "spec": _pod_spec(name, spec),
+        "spec": _pod_spec(name, spec, namespace),
     }
 
 

@@ -91,7 +91,8 @@ def _next_plan(fleet: dict[str, Any], spec: WorkerFleetSpec, obs: Observation) -
     meta = fleet["metadata"]
     return plan(
         name=meta["name"], spec=spec, generation=int(meta.get("generation") or 0),
-        revision=builders.revision(meta["name"], spec), obs=obs, now=datetime.now(UTC),
+        revision=builders.revision(meta["name"], spec, meta["namespace"]), obs=obs,
+        now=datetime.now(UTC), namespace=meta["namespace"],
         previous=previous_status(fleet.get("status")),
     )  # fmt: skip
 
@@ -178,16 +179,17 @@ def cmd_approve(kube: Kube, args: argparse.Namespace) -> int:
     return OK
 
 
-def previous_version(obs: Observation, name: str, current: str) -> str | None:
+def previous_version(obs: Observation, fleet: str, current: str) -> str | None:
     """The newest version other than `current` that ran pools for this fleet."""
-    ran = [p for p in obs.pools if p.fleet == name and p.version != current]
+    ran = [p for p in obs.pools if p.fleet == fleet and p.version != current]
     return max(ran, key=lambda p: p.started_at).version if ran else None
 
 
 def cmd_rollback(kube: Kube, args: argparse.Namespace) -> int:
     fleet = kube.fleet(args.name)
     spec, obs = _look(kube, fleet)
-    target = args.to or previous_version(obs, args.name, spec.version)
+    fleet_key = builders.fleet_id(kube.namespace, args.name)
+    target = args.to or previous_version(obs, fleet_key, spec.version)
     if target is None:
         raise PluginError("no earlier version of this fleet is recorded; pass --to", USAGE)
     catalog = catalog_of(obs, target, [])

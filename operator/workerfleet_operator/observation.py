@@ -24,6 +24,7 @@ class PodInfo:
     last_exit_code: int | None = None
     last_finished_at: datetime | None = None
     waiting_reason: str | None = None
+    running: bool = True  # the worker container is running now
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
     workers = [c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER]
     exit_code = finished = waiting = None
     restarts = 0
+    running = False
     if workers:
         worker = workers[0]
         restarts = int(worker.get("restartCount") or 0)
@@ -54,6 +55,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         if terminated:
             exit_code, finished = terminated.get("exitCode"), _dt(terminated.get("finishedAt"))
         waiting = (state.get("waiting") or {}).get("reason")
+        running = "running" in state
     return PodInfo(
         name=meta["name"],
         revision=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
@@ -66,6 +68,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         last_exit_code=exit_code,
         last_finished_at=finished,
         waiting_reason=waiting,
+        running=running,
     )
 
 
@@ -113,10 +116,15 @@ class Databases:
 
     def __init__(self) -> None:
         self._conns: dict[str, psycopg.Connection] = {}
+        self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def run(self, url: str, fn: Any) -> Any:
+        # One lock per database: a connection is used by one reconcile at a time, and an
+        # unreachable database stalls only the fleets that use it.
         with self._lock:
+            lock = self._locks.setdefault(url, threading.Lock())
+        with lock:
             conn = self._conns.get(url)
             if conn is None or conn.closed:
                 conn = connect(url, timeout=5)

@@ -12,6 +12,7 @@ The order of concerns, highest first:
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,16 @@ class RunMigration:
 
 
 @dataclass(frozen=True)
+class DeleteJob:
+    """A migration Job of a revision that is no longer wanted (the spec moved on, e.g. a
+    rollback): stopping it rolls its transaction back, so it cannot force a migration the
+    current version does not want."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReleasePools:
     """Mark pools dead and release their jobs: Kubernetes saw their process end."""
 
@@ -75,7 +86,7 @@ class EvictOutdated:
     reason: str
 
 
-Action = NoAction | CreatePod | DeletePod | RunMigration | ReleasePools | EvictOutdated
+Action = NoAction | CreatePod | DeletePod | DeleteJob | RunMigration | ReleasePools | EvictOutdated
 
 
 @dataclass
@@ -89,9 +100,14 @@ class Plan:
 
 
 def migration_job_name(fleet: str, revision: str, target: str) -> str:
-    """Deterministic, so a restarted operator finds the Job it already created."""
+    """Deterministic, so a restarted operator finds the Job it already created; readable
+    when it fits in 63 characters, else shortened with a hash so names never collide."""
     safe_target = target.replace("/", "-").replace("_", "-").lower()
-    return f"{fleet}-migrate-{revision[:8]}-{safe_target}"[:63].rstrip("-")
+    name = f"{fleet}-migrate-{revision[:8]}-{safe_target}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(f"{fleet}/{target}".encode()).hexdigest()[:10]
+    return f"{fleet[:34].rstrip('-')}-migrate-{revision[:8]}-{digest}"
 
 
 def iso(t: datetime) -> str:
@@ -120,18 +136,22 @@ def catalog_of(
 
 
 def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
-    """Live-state pools of this fleet whose process Kubernetes saw end: the container
-    terminated after the pool started, or the pod is gone while its pool never stopped."""
+    """Live-state pools of this fleet whose process Kubernetes saw end. Decided without
+    comparing clocks (node and database clocks may differ): a pod that is gone, or whose
+    worker container is not running, has no live process; a running container that
+    restarted has one, the newest pool of its pod, and every older one ended."""
     pods = {p.name: p for p in obs.pods}
-    ended = []
+    by_pod: dict[str, list[PoolInfo]] = {}
     for pool in obs.pools:
-        if pool.state not in LIVE_POOL_STATES or pool.pod_name is None or pool.fleet != fleet:
-            continue
-        pod = pods.get(pool.pod_name)
-        if pod is None or (
-            pod.last_finished_at is not None and pod.last_finished_at >= pool.started_at
-        ):
-            ended.append(pool)
+        if pool.state in LIVE_POOL_STATES and pool.pod_name is not None and pool.fleet == fleet:
+            by_pod.setdefault(pool.pod_name, []).append(pool)
+    ended: list[PoolInfo] = []
+    for pod_name, pools in by_pod.items():
+        pod = pods.get(pod_name)
+        if pod is None or not pod.running:
+            ended += pools
+        elif pod.restarts > 0:
+            ended += sorted(pools, key=lambda p: p.started_at)[:-1]
     return ended
 
 
@@ -172,8 +192,12 @@ def plan(
     obs: Observation,
     now: datetime,
     previous: WorkerFleetStatus,
+    namespace: str | None = None,
 ) -> Plan:
-    return _Planner(name, spec, generation, revision, obs, now, previous).run()
+    """`namespace`: pools record their fleet as `namespace/name` (see builders); without it
+    the bare name is matched (unit tests)."""
+    fleet_id = f"{namespace}/{name}" if namespace else name
+    return _Planner(name, spec, generation, revision, obs, now, previous, fleet_id).run()
 
 
 class _Planner:
@@ -186,15 +210,17 @@ class _Planner:
         obs: Observation,
         now: datetime,
         previous: WorkerFleetStatus,
+        fleet_id: str,
     ) -> None:
         self.name, self.spec, self.generation, self.revision = name, spec, generation, revision
+        self.fleet_id = fleet_id
         self.obs, self.now, self.previous = obs, now, previous
         self.pods = [p for p in obs.pods if not p.terminating]
         self.terminating = [p for p in obs.pods if p.terminating]
         self.new = [p for p in self.pods if p.revision == revision]
         self.old = [p for p in self.pods if p.revision != revision]
         self.ready = [p for p in self.pods if p.ready]
-        self.fleet_pools = [p for p in obs.pools if p.live and p.fleet == name]
+        self.fleet_pools = [p for p in obs.pools if p.live and p.fleet == fleet_id]
         applied = {m.id for m in obs.applied}
         self.target = catalog_of(obs, spec.version, self.new)
         self.pending = [m for m in self.target or () if m.id not in applied]
@@ -334,6 +360,7 @@ class _Planner:
         return (
             self._errors()
             or self._recovery()
+            or self._superseded_job()
             or self._refused_version()
             or self._failed_migration()
             or self._paused()
@@ -353,13 +380,22 @@ class _Planner:
         return None
 
     def _recovery(self) -> Plan | None:
-        ended = ended_pools(self.obs, self.name)
+        ended = ended_pools(self.obs, self.fleet_id)
         if not ended:
             return None
         ids = tuple(p.pool_id for p in ended)
         msg = f"releasing the jobs of {len(ids)} pool(s) whose container ended"
         self.event("Warning", "PoolsReleased", f"{msg}: {', '.join(ids)}")
         return self.finish(ReleasePools(ids, "its container terminated"), "Recovering", msg)
+
+    def _superseded_job(self) -> Plan | None:
+        stale = [j for j in self.obs.jobs if j.active and j.revision != self.revision]
+        if not stale:
+            return None
+        job = stale[0]
+        msg = f"stopping migration Job {job.name}: the fleet's spec has changed since"
+        self.event("Normal", "MigrationSuperseded", msg)
+        return self.finish(DeleteJob(job.name, "superseded"), "RollingOut", msg)
 
     def _refused_version(self) -> Plan | None:
         """A version the database has moved past (its pods would exit 57): refuse it."""
@@ -486,17 +522,17 @@ class _Planner:
                 NoAction("awaiting approval"), "AwaitingApproval", msg,
                 schema=("False", "AwaitingApproval", msg),
             )  # fmt: skip
-        if len(self.pods) < self._cap and len(self.new) < spec.replicas:
-            msg = f"starting pods of version {spec.version}; they wait for {breaking.id}"
-            return self.finish(
-                CreatePod("new pods wait for the breaking migration"), "WaitingForDrain", msg,
-                schema=waiting,
-            )  # fmt: skip
         if self.terminating:
             msg = f"waiting for pod {self.terminating[0].name} to drain"
             return self.finish(
                 NoAction("one old pod at a time"), "WaitingForDrain", msg, schema=waiting
             )
+        if self._has_room and len(self.new) < spec.replicas:
+            msg = f"starting pods of version {spec.version}; they wait for {breaking.id}"
+            return self.finish(
+                CreatePod("new pods wait for the breaking migration"), "WaitingForDrain", msg,
+                schema=waiting,
+            )  # fmt: skip
         if self.old:
             victim = sorted(self.old, key=delete_order)[0]
             msg = f"draining pod {victim.name} before {breaking.id}"
@@ -538,14 +574,16 @@ class _Planner:
         )  # fmt: skip
 
     @property
-    def _cap(self) -> int:
-        """Never more (non-terminating) pods than this."""
-        return self.spec.replicas + self.spec.rollout.max_surge
+    def _has_room(self) -> bool:
+        """Never more pods than replicas + maxSurge, counting those still terminating (their
+        processes run until they have drained)."""
+        cap = self.spec.replicas + self.spec.rollout.max_surge
+        return len(self.pods) + len(self.terminating) < cap
 
     def _make_room(self, create: CreatePod, message: str) -> Plan | None:
         """Create a pod within maxSurge or, with no surge left, remove one old pod first when
         maxUnavailable allows; None when neither is possible now."""
-        if len(self.pods) < self._cap:
+        if self._has_room:
             return self.finish(create, "RollingOut", message)
         return self._delete_old()
 
@@ -588,6 +626,10 @@ class _Planner:
                 f"{ready_new}/{replicas} new pods ready",
             )
         if len(pods) < replicas:
+            if not self._has_room:
+                return self.finish(
+                    NoAction("a pod is stopping"), "Scaling", "waiting for a pod to stop"
+                )
             return self.finish(CreatePod("scale up"), "Scaling", f"{len(pods)}/{replicas} pods")
         if len(pods) > replicas:
             if self.terminating:

@@ -97,7 +97,7 @@ def reconcile(
         )  # fmt: skip
         METRICS.observe_reconcile(time.perf_counter() - started, "invalid", "NoAction")
         return None
-    revision = builders.revision(name, spec)
+    revision = builders.revision(name, spec, namespace)
     obs, url = observe(
         core=clients.core, batch=clients.batch, dbs=clients.dbs, name=name,
         namespace=namespace, spec=spec, annotations=annotations,
@@ -105,6 +105,7 @@ def reconcile(
     result = plan(
         name=name, spec=spec, generation=generation, revision=revision, obs=obs,
         now=now or datetime.now(UTC), previous=previous_status(status_data),
+        namespace=namespace,
     )  # fmt: skip
     fleet = Fleet(
         name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,

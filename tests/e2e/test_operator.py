@@ -321,7 +321,8 @@ def test_deleting_a_fleet_drains_its_pods_and_loses_nothing(fleet: FleetEnv) -> 
     assert fleet.delete(timeout=60), "the fleet was not deleted"
     assert fleet.pods() == []
     # Every pool stopped gracefully: its jobs finished, none left locked, none run twice.
-    states = {r[0] for r in fleet.q("select state from {s}.pools where fleet = 'shop'")}
+    pools = fleet.q("select state from {s}.pools where fleet = %s", [f"{fleet.ns}/shop"])
+    states = {r[0] for r in pools}
     assert states == {"stopped"}, states
     assert fleet.q("select count(*) from {s}.jobs") == [(0,)]
     assert sorted(j for j, _, _ in ledger(fleet)) == sorted(ids)

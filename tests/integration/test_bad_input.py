@@ -214,3 +214,21 @@ def test_a_busy_health_port_is_a_clear_error(database_url: str, schema_name: str
     assert r.returncode == ExitCode.ERROR
     assert f"cannot serve health checks on 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_migration_that_fails_is_a_clear_schema_error(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "migrations"
+    shutil.copytree(APP_DIR / "migrations_v1", bad)
+    (bad / "0002_typo.sql").write_text("--! safe\nalter tabel :FLEET_SCHEMA.widgets add x int;\n")
+    with pytest.raises(MigrationError, match=r"migration app/0002 \(0002_typo\) failed: syntax"):
+        migrate(conn, Schema(schema_name), Catalog.load(bad))
+    applied = q(conn, schema_name, "select id from {s}.migrations order by seq")
+    assert applied == [("core/0001",), ("app/0001",)]  # nothing half-applied
+
+
+def test_a_malformed_url_never_shows_its_password() -> None:
+    r = cli("status", url="postgresql://user:s3cr%zzet@127.0.0.1:1/db")
+    assert r.returncode == ExitCode.ERROR
+    assert "invalid database URL" in r.stderr and "s3cr" not in r.stderr

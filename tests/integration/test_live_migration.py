@@ -182,3 +182,39 @@ def test_a_stuck_old_pool_is_evicted_after_the_wait(
         assert [str(v) for j, v in runs if j == job] == ["2.0.0", "3.0.0"]
     # Only one completion per job: the evicted pool's late completion was rejected.
     assert q(conn, s, "select count(*) from {s}.jobs") == [(0,)]
+
+
+def test_breaking_migration_declares_silent_outdated_pools_dead_and_activation_is_checked(
+    conn: psycopg.Connection, schema_name: str
+) -> None:
+    from fleet_worker.catalog import Catalog
+    from fleet_worker.db import Schema
+    from fleet_worker.migrate import activate, migrate
+    from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
+    from fleet_worker.queue import JobSpec, add_job
+    from tests.conftest import APPS_DIR
+
+    s = Schema(schema_name)
+    v2 = Catalog.load(APPS_DIR / "fleet_test_apps/migrations_v2")
+    v3 = Catalog.load(APPS_DIR / "fleet_test_apps/migrations_v3")
+    migrate(conn, s, v2)
+    silent = register_pool(conn, s, PoolIdentity.from_env(fleet="", version="2"), v2,
+                           mode="self", concurrency=1)  # fmt: skip
+    heartbeat(conn, s, silent, running_jobs=0, state="active")
+    job = add_job(conn, JobSpec("work"), s)
+    q(conn, s.name, "update {s}.jobs set locked_by = %s, locked_at = now() returning 1", [silent])
+    q(conn, s.name, "update {s}.pools set heartbeat_at = now() - interval '5 minutes' "
+      "returning 1")  # fmt: skip
+    result = migrate(conn, s, v3, threshold_s=60, force_after_s=3600)
+    assert result.applied == ["app/0003"] and result.evicted_pools == []
+    # The silent pool is dead, not merely ignored: if it comes back it finds out and exits.
+    [(state, reason)] = q(conn, s.name, "select state, reason from {s}.pools")
+    assert state == "dead" and "breaking migration" in str(reason)
+    assert q(conn, s.name, "select locked_by from {s}.jobs where id = %s", [job]) == [(None,)]
+    # A v2 pool registering now cannot turn active: activation re-checks under the lock.
+    late = register_pool(conn, s, PoolIdentity.from_env(fleet="", version="2"), v2,
+                         mode="external", concurrency=1)  # fmt: skip
+    assert activate(conn, s, v2, late).out_of_date
+    assert q(conn, s.name, "select state from {s}.pools where pool_id = %s", [late]) == [
+        ("starting",)
+    ]

@@ -242,3 +242,16 @@ def test_sweep_runs_one_at_a_time(
         other.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("sweep")])
         assert not sweep(conn, schema, threshold_s=60).ran
     assert sweep(conn, schema, threshold_s=60).ran
+
+
+def test_a_pool_with_a_stale_heartbeat_cannot_fetch(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
+    add_job(conn, JobSpec("a"), schema)
+    pool = new_pool(conn, schema)
+    q(conn, schema.name, "update {s}.pools set heartbeat_at = now() - interval '2 minutes' "
+      "where pool_id = %s returning 1", [pool])  # fmt: skip
+    # Still 'active' in its own row, but not live to anyone else: it must not take work.
+    assert fetch(database_url, schema, pool) == []
+    heartbeat(conn, schema, pool, running_jobs=0)
+    assert len(fetch(database_url, schema, pool)) == 1

@@ -13,12 +13,14 @@ from workerfleet_operator.models import WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
 from workerfleet_operator.planner import (
     CreatePod,
+    DeleteJob,
     DeletePod,
     EvictOutdated,
     NoAction,
     Plan,
     ReleasePools,
     RunMigration,
+    migration_job_name,
     plan,
 )
 
@@ -286,14 +288,57 @@ def test_a_failed_migration_job_stops_the_rollout() -> None:
 
 def test_a_terminated_container_releases_its_pool_at_once() -> None:
     pods, pools = old_fleet()
-    crashed = replace(pods[0], last_exit_code=137, last_finished_at=NOW - timedelta(seconds=2))
+    # Crash-looping: the container is not running, so its pool has no process.
+    crashed = replace(pods[0], running=False, restarts=1, last_exit_code=137)
     obs = Observation(pods=(crashed, *pods[1:]), pools=tuple(pools), applied=V1)
     p = run(spec(version="1"), obs)
     assert p.action == ReleasePools((pools[0].pool_id,), "its container terminated")
-    # A pool of another fleet sharing the schema is never touched.
-    foreign = replace(pools[0], fleet="other")
+    # Restarted and running again: the older pool ended, the newest is the live process.
+    restarted = replace(pods[0], restarts=1)
+    newer = replace(pools[0], pool_id="pool-new", started_at=NOW - timedelta(seconds=1))
+    obs = Observation(pods=(restarted, *pods[1:]), pools=(*pools, newer), applied=V1)
+    assert run(spec(version="1"), obs).action == ReleasePools(
+        (pools[0].pool_id,), "its container terminated"
+    )
+    # A pod that is gone took its process with it.
+    obs = Observation(pods=tuple(pods[1:]), pools=tuple(pools), applied=V1)
+    assert run(spec(version="1"), obs).action == ReleasePools(
+        (pools[0].pool_id,), "its container terminated"
+    )
+    # Pools of another fleet sharing the schema are never touched.
+    foreign = replace(pools[0], fleet="elsewhere/shop")
     obs = Observation(pods=(crashed, *pods[1:]), pools=(foreign, *pools[1:]), applied=V1)
     assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_namespaced_fleet_ids_keep_fleets_apart() -> None:
+    pods, pools = old_fleet()
+    mine = [replace(p, fleet="prod/shop") for p in pools]
+    theirs = replace(mine[0], fleet="staging/shop", pool_id="theirs", pod_name="gone")
+    obs = Observation(pods=tuple(pods), pools=(*mine, theirs), applied=V1)
+    p = plan(name="shop", namespace="prod", spec=spec(version="1"), generation=2,
+             revision=OLD, obs=obs, now=NOW, previous=WorkerFleetStatus())  # fmt: skip
+    assert not isinstance(p.action, ReleasePools)
+    assert p.status.active_pools == 3
+
+
+def test_a_migration_job_of_an_older_spec_is_stopped() -> None:
+    pods, pools = old_fleet()
+    stale = JobInfo("shop-migrate-x", "app/0003", "rev-other", active=True, succeeded=False,
+                    failed=False)  # fmt: skip
+    obs = Observation(pods=tuple(pods), pools=tuple(pools), applied=V1, jobs=(stale,))
+    p = run(spec(version="1"), obs)
+    assert p.action == DeleteJob("shop-migrate-x", "superseded")
+
+
+def test_migration_job_names_are_unique_and_valid() -> None:
+    long_fleet = "a-very-long-fleet-name-that-goes-on-and-on-x"
+    a = migration_job_name(long_fleet, "0123456789abcdef", "app/0003")
+    b = migration_job_name(long_fleet, "0123456789abcdef", "app/0004")
+    assert a != b and len(a) <= 63 and len(b) <= 63
+    assert (
+        migration_job_name("shop", "0123456789", "core/0001") == "shop-migrate-01234567-core-0001"
+    )
 
 
 def test_paused_and_missing_secret() -> None:
@@ -408,7 +453,7 @@ def test_invariants(case: tuple[WorkerFleetSpec, Observation, WorkerFleetStatus,
     live_pods = [x for x in obs.pods if not x.terminating]
     # Never more pods than replicas + maxSurge.
     if isinstance(p.action, CreatePod):
-        assert len(live_pods) + 1 <= s.replicas + s.rollout.max_surge
+        assert len(obs.pods) + 1 <= s.replicas + s.rollout.max_surge  # terminating count too
     # Never a breaking migration while a live pool lacks it (eviction comes first).
     if isinstance(p.action, RunMigration) and p.action.breaking:
         pending_breaking = [m for m in V3 if m.breaking and m not in obs.applied]

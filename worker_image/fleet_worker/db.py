@@ -38,27 +38,47 @@ class Schema:
         return f"{self.name}.jobs"
 
 
+# A peer that vanishes without a FIN (a dead host, a dropped route) must surface as an error
+# within seconds, or a heartbeat could hang instead of failing and fencing the worker.
+_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def _with_keepalive(url: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, **_KEEPALIVE)
+
+
+def _connect_error(exc: psycopg.Error) -> DatabaseUnavailableError:
+    if isinstance(exc, psycopg.ProgrammingError):
+        # libpq quotes the offending part of a malformed URL, which may be the password.
+        return DatabaseUnavailableError("invalid database URL (check its syntax)")
+    return DatabaseUnavailableError(f"cannot connect to the database: {first_line(exc)}")
+
+
 def connect(url: str, *, autocommit: bool = True, timeout: float = 10) -> psycopg.Connection:
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(timeout)))
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"cannot connect to the database: {_first_line(exc)}"
-        ) from exc
+        return psycopg.connect(
+            _with_keepalive(url), autocommit=autocommit, connect_timeout=max(1, int(timeout))
+        )
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
+        raise _connect_error(exc) from exc
 
 
 async def connect_async(url: str, *, timeout: float = 10) -> psycopg.AsyncConnection:
     try:
         return await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=max(1, int(timeout))
+            _with_keepalive(url), autocommit=True, connect_timeout=max(1, int(timeout))
         )
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"cannot connect to the database: {_first_line(exc)}"
-        ) from exc
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
+        raise _connect_error(exc) from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -12,7 +12,7 @@ import psycopg
 
 from fleet_worker.catalog import SCHEMA_PLACEHOLDER, Catalog, Migration
 from fleet_worker.compat import AppliedMigration, Assessment, assess
-from fleet_worker.db import LIVE_STATES, Schema
+from fleet_worker.db import LIVE_STATES, Schema, first_line
 from fleet_worker.recovery import release_pool_jobs
 
 
@@ -79,6 +79,49 @@ def live_outdated_pools(
     return [OutdatedPool(*r) for r in rows]
 
 
+def activate(
+    conn: psycopg.Connection, schema: Schema, catalog: Catalog, pool_id: str
+) -> Assessment:
+    """Turn a pool active only if the schema is compatible, atomically with respect to
+    migrations: the shared lock waits out a migration in progress (whose row this pool would
+    not see yet), and a migration that starts later sees this pool active."""
+    with conn.transaction():
+        conn.execute(
+            "select pg_advisory_xact_lock_shared(hashtext(%s))", [schema.lock_key("migrate")]
+        )
+        state = assess(catalog, applied_migrations(conn, schema))
+        if state.compatible:
+            conn.execute(
+                schema.q(
+                    """update {s}.pools set state = 'active', heartbeat_at = now(), reason = null
+                       where pool_id = %s and state in ('starting', 'waiting-for-schema')"""
+                ),
+                [pool_id],
+            )
+    return state
+
+
+def declare_stale_outdated_dead(
+    conn: psycopg.Connection, schema: Schema, migration_id: str, threshold_s: float
+) -> list[str]:
+    """Inside the caller's transaction: pools lacking the migration whose state says live but
+    whose heartbeat is older than the threshold are dead; make it so before migrating, so a
+    silent old worker that comes back finds itself dead instead of fetching."""
+    rows = conn.execute(
+        schema.q(
+            """update {s}.pools set state = 'dead', stopped_at = now(),
+                   reason = 'no heartbeat when a breaking migration needed it gone'
+               where state = any(%s) and heartbeat_at <= now() - make_interval(secs => %s)
+                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
+               returning pool_id::text"""
+        ),
+        [list(LIVE_STATES), threshold_s, migration_id],
+    ).fetchall()
+    dead = [r[0] for r in rows]
+    release_pool_jobs(conn, schema, dead, "released: its pool stopped heartbeating")
+    return dead
+
+
 def _lock(conn: psycopg.Connection, schema: Schema) -> None:
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
 
@@ -129,6 +172,7 @@ def apply_one(
         if migration.id not in {m.id for m in state.pending}:
             return True
         if migration.breaking:
+            declare_stale_outdated_dead(conn, schema, migration.id, threshold_s)
             if force:
                 reason = f"evicted: breaking migration {migration.id} forced after the wait"
                 result.evicted_pools += evict_outdated_pools(
@@ -136,7 +180,18 @@ def apply_one(
                 )
             elif live_outdated_pools(conn, schema, migration.id, threshold_s):
                 return False
-        conn.execute(render(migration, schema).encode())
+        try:
+            conn.execute(render(migration, schema).encode())
+        except (
+            psycopg.ProgrammingError,
+            psycopg.DataError,
+            psycopg.IntegrityError,
+            psycopg.NotSupportedError,
+            psycopg.InternalError,
+        ) as exc:
+            raise MigrationError(
+                f"migration {migration.id} ({migration.name}) failed: {first_line(exc)}"
+            ) from exc
         conn.execute(
             schema.q(
                 "insert into {s}.migrations (id, name, breaking, checksum) values (%s, %s, %s, %s)"
@@ -171,10 +226,10 @@ def migrate(
     evicts them. With `breaking=False` it stops before the first breaking migration."""
     targets = _targets(catalog, to)
     result = MigrationResult()
-    started = _db_now(conn)
     for migration in targets:
         if migration.breaking and not breaking:
             break
+        started = _db_now(conn)  # each breaking migration gets its own full wait
         while not apply_one(
             conn, schema, catalog, migration, threshold_s=threshold_s, force=False, result=result
         ):

@@ -112,6 +112,8 @@ class QueueSQL:
                          for update skip locked))
                      and exists (select 1 from {s}.pools p
                                  where p.pool_id = %(pool)s and p.state = 'active'
+                                   and p.heartbeat_at > now() - make_interval(
+                                       secs => %(threshold)s)
                                  for share)
                    order by j.priority, j.run_at, j.id
                    limit %(limit)s
@@ -133,6 +135,8 @@ class QueueSQL:
                returning j.id, j.task_identifier, j.payload, j.queue_name, j.priority,
                          j.run_at, j.attempts, j.max_attempts, j.key"""
         )
+        # (A pool whose own heartbeat is older than the threshold is not live to others:
+        # it must not take work either, whatever it believes about itself.)
         # Fenced: only the pool that holds the lock may finish the job.
         self.complete = schema.q(
             """with done as (
@@ -161,9 +165,16 @@ class QueueSQL:
 
 
 async def fetch_jobs(
-    conn: psycopg.AsyncConnection, q: QueueSQL, pool_id: str, tasks: list[str], limit: int
+    conn: psycopg.AsyncConnection,
+    q: QueueSQL,
+    pool_id: str,
+    tasks: list[str],
+    limit: int,
+    *,
+    threshold_s: float = 60.0,
 ) -> list[Job]:
-    cur = await conn.execute(q.fetch, {"tasks": tasks, "pool": pool_id, "limit": limit})
+    params = {"tasks": tasks, "pool": pool_id, "limit": limit, "threshold": threshold_s}
+    cur = await conn.execute(q.fetch, params)
     rows = await cur.fetchall()
     jobs = [Job(*row) for row in rows]
     jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))

@@ -29,7 +29,13 @@ from fleet_worker import migrate as migrations
 from fleet_worker.app import App, JobContext, PermanentJobError, call_task
 from fleet_worker.catalog import Catalog
 from fleet_worker.compat import Assessment, assess
-from fleet_worker.db import DatabaseUnavailableError, Schema, connect, connect_async
+from fleet_worker.db import (
+    DatabaseUnavailableError,
+    Schema,
+    connect,
+    connect_async,
+    first_line,
+)
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import HealthServer
 from fleet_worker.pools import (
@@ -78,10 +84,19 @@ class Maintenance:
         try:
             return fn(self._conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._reset()
+            raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
+        except psycopg.Error:
+            # Anything else (a failover's read-only error, a dropped table): start afresh
+            # next time rather than reuse a connection in an unknown state.
+            self._reset()
+            raise
+
+    def _reset(self) -> None:
+        if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
-            self._conn = None
-            raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
+        self._conn = None
 
     async def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -167,14 +182,19 @@ class Worker:
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._sweep_loop(), name="sweep"),
             ]
-            if await self._reach_compatible_schema():
-                await self._set_state("active")
-                background += [
-                    asyncio.create_task(self._listen_loop(), name="listen"),
-                    asyncio.create_task(self._complete_loop(), name="complete"),
-                ]
-                await self._fetch_loop()
-            await self._drain()
+            try:
+                if await self._reach_compatible_schema():
+                    background += [
+                        asyncio.create_task(self._listen_loop(), name="listen"),
+                        asyncio.create_task(self._complete_loop(), name="complete"),
+                    ]
+                    await self._fetch_loop()
+            except Exception as exc:
+                log.exception("worker failed")
+                self.request_stop(ExitCode.ERROR, f"unexpected error: {exc}")
+            finally:
+                # Whatever happened, finished jobs are completed and the rest released.
+                await self._drain()
         finally:
             for task in background:
                 task.cancel()
@@ -280,7 +300,10 @@ class Worker:
                     self.request_stop(ExitCode.OUT_OF_DATE, state.describe())
                     return False
                 if state.compatible:
-                    return True
+                    activated = await self._activate()
+                    if activated.compatible:
+                        return True
+                    continue
                 if self.state != "waiting-for-schema":
                     log.info("waiting for schema: %s", state.describe())
                     await self._set_state("waiting-for-schema", state.describe())
@@ -292,8 +315,21 @@ class Worker:
             except migrations.MigrationError as exc:
                 self.request_stop(ExitCode.SCHEMA_ERROR, str(exc))
                 return False
+            except psycopg.Error as exc:
+                log.warning("schema check failed, retrying: %s", first_line(exc))
             await self._sleep(self.settings.poll_interval)
         return False
+
+    async def _activate(self) -> Assessment:
+        pool_id = self._pool()
+        state = await self.maintenance.run(
+            lambda c: migrations.activate(c, self.schema, self.catalog, pool_id)
+        )
+        self.assessment = state
+        if state.compatible:
+            self.state = "active"
+            self._after_beat("active", None)
+        return state
 
     async def _self_migrate(self, state: Assessment) -> None:
         if state.safe_prefix:
@@ -359,7 +395,14 @@ class Worker:
         self._jobs_conn = None
 
     def _may_fetch(self) -> bool:
-        return not self._stop.is_set() and not self.fenced and self.state == "active"
+        # A heartbeat that hangs (no error, no answer) fences as surely as one that fails.
+        silent = time.monotonic() - self.last_beat_ok
+        return (
+            not self._stop.is_set()
+            and not self.fenced
+            and self.state == "active"
+            and silent < self.settings.sweep_threshold
+        )
 
     async def _fetch_loop(self) -> None:
         tasks = sorted(self.app.tasks)
@@ -376,12 +419,11 @@ class Worker:
             self._wake.clear()
             try:
                 conn = await self._jobs()
-                jobs = await fetch_jobs(conn, self.sql, self._pool(), tasks, min(free, batch_limit))
-            except (
-                psycopg.OperationalError,
-                psycopg.InterfaceError,
-                DatabaseUnavailableError,
-            ) as e:
+                jobs = await fetch_jobs(
+                    conn, self.sql, self._pool(), tasks, min(free, batch_limit),
+                    threshold_s=self.settings.sweep_threshold,
+                )  # fmt: skip
+            except (psycopg.Error, DatabaseUnavailableError) as e:
                 log.warning("fetch failed, retrying: %s", str(e).strip().splitlines()[0])
                 await self._drop_jobs_conn()
                 await self._sleep(min(self.settings.poll_interval, 1.0))
@@ -447,7 +489,7 @@ class Worker:
                 if not ok:
                     self.counters.completions_rejected += 1
                 return
-            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
+            except (psycopg.Error, DatabaseUnavailableError):
                 await self._drop_jobs_conn()
                 await asyncio.sleep(min(0.1 * 2**attempt, 5))
         # Gave up: the lock stays ours until the sweep or our shutdown releases it.
@@ -464,7 +506,7 @@ class Worker:
                 self._completing = batch
                 try:
                     done = await complete_jobs(await self._jobs(), self.sql, self._pool(), batch)
-                except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError):
+                except (psycopg.Error, DatabaseUnavailableError):
                     self._to_complete = batch + self._to_complete
                     await self._drop_jobs_conn()
                     await asyncio.sleep(backoff)
@@ -502,7 +544,7 @@ class Worker:
                     )
                     async for _ in conn.notifies():
                         self._wake.set()
-            except (psycopg.OperationalError, DatabaseUnavailableError) as exc:
+            except (psycopg.Error, DatabaseUnavailableError) as exc:
                 log.debug("listen connection lost: %s", exc)
                 await asyncio.sleep(1)
 
@@ -539,7 +581,7 @@ class Worker:
                     if state.out_of_date or state.mismatched:
                         code = ExitCode.OUT_OF_DATE if state.out_of_date else ExitCode.SCHEMA_ERROR
                         self.request_stop(code, state.describe())
-            except DatabaseUnavailableError as exc:
+            except (DatabaseUnavailableError, psycopg.Error) as exc:
                 self.counters.heartbeats_failed += 1
                 silent = time.monotonic() - self.last_beat_ok
                 log.warning("heartbeat failed (%.1fs without one): %s", silent, exc)
@@ -556,8 +598,8 @@ class Worker:
                         c, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id
                     )
                 )
-            except DatabaseUnavailableError as exc:
-                log.warning("sweep skipped: %s", exc)
+            except (DatabaseUnavailableError, psycopg.Error) as exc:
+                log.warning("sweep skipped: %s", first_line(exc))
                 continue
             if result.ran:
                 self.counters.sweeps += 1
@@ -576,7 +618,7 @@ class Worker:
         if self.pool_id is None:
             return
         if self.running:
-            with contextlib.suppress(DatabaseUnavailableError):
+            with contextlib.suppress(DatabaseUnavailableError, psycopg.Error):
                 await self._set_state("draining", self.exit_reason)
             log.info("draining: waiting for %d running job(s)", len(self.running))
             jobs = list(self.running.values())
@@ -602,9 +644,14 @@ class Worker:
         final_state = "stopped"
         reason = self.exit_reason or "stopped"
         pool_id = self.pool_id
+        # Finished but not yet recorded (the jobs connection may be what failed): complete
+        # them here first, fenced as always, so that releasing cannot hand them out again.
+        finished = [*self._completing, *self._to_complete]
 
         def finish(conn: psycopg.Connection) -> int:
             with conn.transaction():
+                if finished:
+                    conn.execute(self.sql.complete, {"ids": finished, "pool": pool_id})
                 released = release_pool_jobs(
                     conn, self.schema, [pool_id], "interrupted: its worker shut down"
                 )
@@ -613,7 +660,7 @@ class Worker:
 
         try:
             released = await self.maintenance.run(finish)
-        except DatabaseUnavailableError as exc:
+        except (DatabaseUnavailableError, psycopg.Error) as exc:
             log.error("could not release jobs at shutdown (the sweep will): %s", exc)
             if code in (None, ExitCode.OK):
                 self.exit_code = ExitCode.ERROR
@@ -627,8 +674,11 @@ class Worker:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
 
-def job_threads_alive() -> bool:
-    return any(t.name.startswith("job") and t.is_alive() for t in threading.enumerate())
+def stuck_threads() -> bool:
+    """Job threads ignoring the shutdown, or a maintenance call hung on the network."""
+    return any(
+        t.is_alive() and t.name.startswith(("job", "maintenance")) for t in threading.enumerate()
+    )
 
 
 def run_worker(settings: WorkerSettings, app: App) -> int:
@@ -637,7 +687,7 @@ def run_worker(settings: WorkerSettings, app: App) -> int:
     were already released and their completion would be rejected."""
     worker = Worker(settings, app)
     code = asyncio.run(worker.run())
-    if job_threads_alive():
+    if stuck_threads():
         logging.shutdown()
         os._exit(int(code))
     return int(code)
