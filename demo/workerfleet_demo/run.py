@@ -248,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
     parser.add_argument("--no-live", action="store_true", help="plain log lines, no live view")
     args = parser.parse_args(argv)
+    try:
+        return _demo(args)
+    except KeyboardInterrupt:
+        # The ExitStack has already stopped the operator, the cluster and PostgreSQL.
+        print("\n[demo] interrupted: everything was torn down", file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print("[demo] control-plane binaries (a first build takes several minutes)...", flush=True)
     ensure_binaries()
