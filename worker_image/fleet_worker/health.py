@@ -38,7 +38,7 @@ class HealthServer:
         w = self.worker
         if w.state != "active":
             return False, f"pool state is {w.state}"
-        if w.fenced:
+        if w.fenced or time.monotonic() - w.last_beat_ok > w.settings.sweep_threshold:
             return False, "no recent heartbeat"
         if w._stop.is_set():
             return False, "stopping"
