@@ -132,10 +132,6 @@ def _owner(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def fleet_selector(name: str) -> str:
-    return f"{LABEL_FLEET}={name}"
-
-
 def worker_pod(
     name: str, uid: str, spec: WorkerFleetSpec, rev: str, namespace: str
 ) -> dict[str, Any]:

@@ -97,11 +97,6 @@ def _next_plan(fleet: dict[str, Any], spec: WorkerFleetSpec, obs: Observation) -
     )  # fmt: skip
 
 
-def _age(t: datetime) -> str:
-    s = (datetime.now(UTC) - t).total_seconds()
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
-
-
 def status_exit(status: WorkerFleetStatus, generation: int) -> int:
     conds = {c.type: c for c in status.conditions}
     ready, progressing = conds.get("Ready"), conds.get("Progressing")

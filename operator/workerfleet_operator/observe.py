@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -198,7 +199,7 @@ def observe(
     try:
         url = database_url(core, namespace, spec)
     except LookupError as exc:
-        return _with(base, secret_error=str(exc)), None
+        return replace(base, secret_error=str(exc)), None
     schema = Schema(spec.schema_name)
     threshold = spec.seconds("sweep_threshold")
 
@@ -210,18 +211,12 @@ def observe(
     try:
         applied, rows = dbs.run(url, read)
     except (DatabaseUnavailableError, psycopg.Error) as exc:
-        return _with(base, database_error=str(exc).splitlines()[0]), url
+        return replace(base, database_error=str(exc).splitlines()[0]), url
     return (
-        _with(
+        replace(
             base,
             applied=tuple(MigrationInfo(m.id, m.breaking) for m in applied),
             pools=tuple(pool_info(r) for r in rows),
         ),
         url,
     )
-
-
-def _with(obs: Observation, **changes: Any) -> Observation:
-    from dataclasses import replace
-
-    return replace(obs, **changes)

@@ -81,14 +81,3 @@ async def connect_async(url: str, *, timeout: float = 10) -> psycopg.AsyncConnec
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def redact_url(url: str) -> str:
-    """A database URL safe to log: the password never reaches logs or status."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "<unparseable database url>"
-    host = info.get("host", "localhost")
-    port = info.get("port", "5432")
-    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"

@@ -18,9 +18,9 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -28,7 +28,7 @@ import psycopg
 from fleet_worker import migrate as migrations
 from fleet_worker.app import App, JobContext, PermanentJobError, call_task
 from fleet_worker.catalog import Catalog
-from fleet_worker.compat import Assessment, assess
+from fleet_worker.compat import AppliedMigration, Assessment, assess
 from fleet_worker.db import (
     DatabaseUnavailableError,
     Schema,
@@ -39,6 +39,7 @@ from fleet_worker.db import (
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import HealthServer
 from fleet_worker.pools import (
+    Heartbeat,
     PoolIdentity,
     heartbeat,
     record_intent,
@@ -65,7 +66,6 @@ class Counters:
     heartbeats_failed: int = 0
     sweeps: int = 0
     pools_swept: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Maintenance:
@@ -179,14 +179,14 @@ class Worker:
                 return self._exit()
             await self._register()
             background = [
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                asyncio.create_task(self._sweep_loop(), name="sweep"),
+                self._service(self._heartbeat_loop(), "heartbeat"),
+                self._service(self._sweep_loop(), "sweep"),
             ]
             try:
                 if await self._reach_compatible_schema():
                     background += [
-                        asyncio.create_task(self._listen_loop(), name="listen"),
-                        asyncio.create_task(self._complete_loop(), name="complete"),
+                        self._service(self._listen_loop(), "listen"),
+                        self._service(self._complete_loop(), "complete"),
                     ]
                     await self._fetch_loop()
             except Exception as exc:
@@ -205,6 +205,19 @@ class Worker:
             self.maintenance.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
         return self._exit()
+
+    def _service(self, loop: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background loop; if it ever dies, the worker stops rather than run on without
+        heartbeats, sweeps or completions."""
+        task = asyncio.create_task(loop, name=name)
+
+        def died(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s loop died", name, exc_info=t.exception())
+                self.request_stop(ExitCode.ERROR, f"internal error in the {name} loop")
+
+        task.add_done_callback(died)
+        return task
 
     def _exit(self) -> ExitCode:
         code = self.exit_code if self.exit_code is not None else ExitCode.OK
@@ -567,17 +580,14 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                beat = await self.maintenance.run(
+                beat, applied = await self.maintenance.run(
                     functools.partial(
-                        heartbeat,
-                        schema=self.schema,
-                        pool_id=self._pool(),
-                        running_jobs=len(self.running),
+                        self._beat_and_read, pool_id=self._pool(), running=len(self.running)
                     )
                 )
                 self._after_beat(beat.state, beat.reason)
                 if self.state == "active":
-                    state = await self._assess()
+                    state = self.assessment = assess(self.catalog, applied)
                     if state.out_of_date or state.mismatched:
                         code = ExitCode.OUT_OF_DATE if state.out_of_date else ExitCode.SCHEMA_ERROR
                         self.request_stop(code, state.describe())
@@ -588,6 +598,13 @@ class Worker:
                 if silent > self.settings.sweep_threshold and not self.fenced:
                     log.error("no heartbeat for longer than the sweep threshold: not fetching")
                     self.fenced = True
+
+    def _beat_and_read(
+        self, conn: psycopg.Connection, *, pool_id: str, running: int
+    ) -> tuple[Heartbeat, list[AppliedMigration]]:
+        """One trip to the maintenance thread per beat: the beat and the schema it runs on."""
+        beat = heartbeat(conn, self.schema, pool_id, running_jobs=running)
+        return beat, migrations.applied_migrations(conn, self.schema)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -691,16 +708,3 @@ def run_worker(settings: WorkerSettings, app: App) -> int:
         logging.shutdown()
         os._exit(int(code))
     return int(code)
-
-
-def metrics_snapshot(worker: Worker) -> dict[str, Any]:
-    c = worker.counters
-    return {
-        "completed": c.completed,
-        "failed": c.failed,
-        "fetched": c.fetched,
-        "fetch_batches": c.fetch_batches,
-        "completions_rejected": c.completions_rejected,
-        "heartbeats_failed": c.heartbeats_failed,
-        "running": len(worker.running),
-    }
