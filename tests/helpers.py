@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,13 +50,22 @@ def wait_for(
 class WorkerProcess:
     """A real `fleet-worker run` process with its log in a file."""
 
-    def __init__(self, url: str, schema: str, app: str, log_dir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        app: str,
+        log_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_dir / f"worker-{app.replace(':', '_')}-{time.monotonic_ns()}.log"
         env = {
             **os.environ,
             "DATABASE_URL": url,
             "FLEET_SCHEMA": schema,
             "PYTHONPATH": os.pathsep.join([str(APPS_DIR), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -113,7 +123,15 @@ def kill(proc: WorkerProcess) -> None:
 class Producer:
     """A steady stream of `work` jobs from a background thread, remembering every id."""
 
-    def __init__(self, url: str, schema: str, every_s: float = 0.02, sleep_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        every_s: float = 0.02,
+        sleep_s: float = 0.05,
+        task: str = "work",
+        payload: dict[str, Any] | None = None,
+    ) -> None:
         import threading
 
         from fleet_worker.db import Schema
@@ -121,13 +139,12 @@ class Producer:
 
         self.ids: list[int] = []
         self._stop = threading.Event()
+        job_payload = payload if payload is not None else {"sleep": sleep_s}
 
         def run() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 while not self._stop.is_set():
-                    self.ids.append(
-                        add_job(conn, JobSpec("work", {"sleep": sleep_s}), Schema(schema))
-                    )
+                    self.ids.append(add_job(conn, JobSpec(task, job_payload), Schema(schema)))
                     self._stop.wait(every_s)
 
         self._thread = threading.Thread(target=run, daemon=True)
@@ -153,3 +170,90 @@ def kustomize_objects(directory: Path) -> Iterator[dict[str, Any]]:
             # kustomize refuses plain files outside the kustomization root.
             assert target.is_relative_to(directory.resolve()), f"{directory}: {entry}"
             yield from (d for d in yaml.safe_load_all(target.read_text()) if d is not None)
+
+
+class TcpProxy:
+    """A TCP relay in front of PostgreSQL that a test can cut: `cut()` drops every relayed
+    connection and refuses new ones until `restore()`, so one worker loses the database
+    while others (and the test) keep theirs."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import socket
+        import threading
+
+        self._target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @classmethod
+    def for_url(cls, url: str) -> TcpProxy:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+        return cls(str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
+
+    def url(self, url: str) -> str:
+        """`url` routed through this proxy."""
+        return psycopg.conninfo.make_conninfo(url, host="127.0.0.1", port=str(self.port))
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    continue
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                self._close(s)
+
+    def _close(self, s: Any) -> None:
+        import socket
+
+        with self._lock:
+            self._open.discard(s)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            victims = list(self._open)
+        for s in victims:
+            self._close(s)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()

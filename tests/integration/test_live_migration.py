@@ -72,7 +72,7 @@ def test_safe_then_breaking_rollout_loses_nothing(
         # v2's migration is safe: applied at once, v1 keeps running beside v2.
         v2 = start(V2)
         wait_for(lambda: active_versions(conn, s) == ["1.0.0", "2.0.0"], what="v1+v2 active")
-        assert applied(conn, s) == ["core/0001", "app/0001", "app/0002"]
+        assert applied(conn, s) == ["core/0001", "core/0002", "app/0001", "app/0002"]
         wait_for(lambda: ledger_versions(conn, s) >= {"1.0.0", "2.0.0"}, what="both working")
 
         # v3's migration is breaking: v3 records its intent and waits for v1 and v2 to go.
@@ -199,7 +199,8 @@ def test_breaking_migration_declares_silent_outdated_pools_dead_and_activation_i
     v3 = Catalog.load(APPS_DIR / "fleet_test_apps/migrations_v3")
     migrate(conn, s, v2)
     silent = register_pool(conn, s, PoolIdentity.from_env(fleet="", version="2"), v2,
-                           mode="self", concurrency=1)  # fmt: skip
+                           mode="self", concurrency=1, heartbeat_interval_s=10,
+                           sweep_threshold_s=60)  # fmt: skip
     heartbeat(conn, s, silent, running_jobs=0, state="active")
     job = add_job(conn, JobSpec("work"), s)
     q(conn, s.name, "update {s}.jobs set locked_by = %s, locked_at = now() returning 1", [silent])
@@ -213,7 +214,8 @@ def test_breaking_migration_declares_silent_outdated_pools_dead_and_activation_i
     assert q(conn, s.name, "select locked_by from {s}.jobs where id = %s", [job]) == [(None,)]
     # A v2 pool registering now cannot turn active: activation re-checks under the lock.
     late = register_pool(conn, s, PoolIdentity.from_env(fleet="", version="2"), v2,
-                         mode="external", concurrency=1)  # fmt: skip
+                         mode="external", concurrency=1, heartbeat_interval_s=10,
+                         sweep_threshold_s=60)  # fmt: skip
     assert activate(conn, s, v2, late).out_of_date
     assert q(conn, s.name, "select state from {s}.pools where pool_id = %s", [late]) == [
         ("starting",)

@@ -40,7 +40,16 @@ def schema(conn: psycopg.Connection, schema_name: str) -> Iterator[Schema]:
 
 def new_pool(conn: psycopg.Connection, schema: Schema) -> str:
     who = PoolIdentity.from_env(fleet="test", version="1")
-    pool = register_pool(conn, schema, who, Catalog.load(), mode="self", concurrency=10)
+    pool = register_pool(
+        conn,
+        schema,
+        who,
+        Catalog.load(),
+        mode="self",
+        concurrency=10,
+        heartbeat_interval_s=10,
+        sweep_threshold_s=60,
+    )
     heartbeat(conn, schema, pool, running_jobs=0, state="active")
     return pool
 
@@ -55,21 +64,21 @@ def fetch(
     return asyncio.run(go())
 
 
-def complete(url: str, schema: Schema, pool: str, ids: list[int]) -> set[int]:
+def complete(url: str, schema: Schema, pool: str, jobs: list[Job]) -> set[int]:
     async def go() -> set[int]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
-            return await complete_jobs(c, QueueSQL(schema), pool, ids)
+            return await complete_jobs(c, QueueSQL(schema), pool, jobs)
 
     return asyncio.run(go())
 
 
 def fail(
-    url: str, schema: Schema, pool: str, job_id: int, delay: float, permanent: bool = False
+    url: str, schema: Schema, pool: str, job: Job, delay: float, permanent: bool = False
 ) -> bool:
     async def go() -> bool:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
             return await fail_job(
-                c, QueueSQL(schema), pool, job_id, "boom", delay, permanent=permanent
+                c, QueueSQL(schema), pool, job, "boom", delay, permanent=permanent
             )
 
     return asyncio.run(go())
@@ -107,11 +116,11 @@ def test_named_queue_runs_one_job_at_a_time(
     other = add_job(conn, JobSpec("a", queue="q2"), schema)
     free = add_job(conn, JobSpec("b"), schema)
     pool = new_pool(conn, schema)
-    got = {j.id for j in fetch(database_url, schema, pool)}
-    assert got == {first, other, free}
+    fetched = fetch(database_url, schema, pool)
+    assert {j.id for j in fetched} == {first, other, free}
     # The queue stays locked while its job runs, so a second fetch finds nothing of it.
     assert fetch(database_url, schema, new_pool(conn, schema)) == []
-    assert complete(database_url, schema, pool, [first]) == {first}
+    assert complete(database_url, schema, pool, [j for j in fetched if j.id == first]) == {first}
     assert [j.id for j in fetch(database_url, schema, pool)] == [second]
 
 
@@ -145,7 +154,7 @@ def test_failure_retries_with_backoff_then_fails_permanently(
     job = add_job(conn, JobSpec("a", max_attempts=2), schema)
     pool = new_pool(conn, schema)
     [j] = fetch(database_url, schema, pool)
-    assert fail(database_url, schema, pool, j.id, delay=3600)
+    assert fail(database_url, schema, pool, j, delay=3600)
     row = q(
         conn,
         schema.name,
@@ -158,7 +167,7 @@ def test_failure_retries_with_backoff_then_fails_permanently(
     q(conn, schema.name, "update {s}.jobs set run_at = now() returning id")
     [j] = fetch(database_url, schema, pool)
     assert j.attempts == 2
-    assert fail(database_url, schema, pool, j.id, delay=0)
+    assert fail(database_url, schema, pool, j, delay=0)
     assert fetch(database_url, schema, pool) == []  # attempts exhausted
     # Permanently failed jobs stay inspectable.
     row = q(conn, schema.name, "select attempts, max_attempts, last_error from {s}.jobs")
@@ -171,7 +180,7 @@ def test_permanent_failure_skips_the_remaining_attempts(
     add_job(conn, JobSpec("a", max_attempts=10), schema)
     pool = new_pool(conn, schema)
     [j] = fetch(database_url, schema, pool)
-    assert fail(database_url, schema, pool, j.id, delay=0, permanent=True)
+    assert fail(database_url, schema, pool, j, delay=0, permanent=True)
     assert q(conn, schema.name, "select attempts, max_attempts from {s}.jobs") == [(10, 10)]
 
 
@@ -226,10 +235,12 @@ def test_stale_completion_after_a_sweep_is_rejected(
     [again] = fetch(database_url, schema, fresh)
     assert again.id == job and again.attempts == 2
     # The stale worker finishes late: rejected, the job stays with the fresh pool.
-    assert complete(database_url, schema, stale, [job]) == set()
-    assert not fail(database_url, schema, stale, job, delay=0)
+    assert complete(database_url, schema, stale, [taken]) == set()
+    assert not fail(database_url, schema, stale, taken, delay=0)
     assert q(conn, schema.name, "select locked_by::text from {s}.jobs") == [(fresh,)]
-    assert complete(database_url, schema, fresh, [job]) == {job}
+    # Nor can the fresh pool finish with the stale attempt's token.
+    assert complete(database_url, schema, fresh, [taken]) == set()
+    assert complete(database_url, schema, fresh, [again]) == {job}
     # A dead pool cannot take new work either, even before it learns it is dead.
     add_job(conn, JobSpec("a"), schema)
     assert fetch(database_url, schema, stale) == []
@@ -255,3 +266,19 @@ def test_a_pool_with_a_stale_heartbeat_cannot_fetch(
     assert fetch(database_url, schema, pool) == []
     heartbeat(conn, schema, pool, running_jobs=0)
     assert len(fetch(database_url, schema, pool)) == 1
+
+
+def test_a_replayed_failure_cannot_release_a_later_attempt(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
+    """A failure whose commit landed but whose answer was lost is retried: the retry must
+    not unlock the next attempt of the same job by the same pool."""
+    job_id = add_job(conn, JobSpec("a"), schema)
+    pool = new_pool(conn, schema)
+    [first] = fetch(database_url, schema, pool)
+    assert fail(database_url, schema, pool, first, 0)
+    [second] = fetch(database_url, schema, pool)
+    assert second.id == job_id and second.attempts == 2
+    assert not fail(database_url, schema, pool, first, 0)  # the replay of attempt 1
+    [(locked_by, attempts)] = q(conn, schema.name, "select locked_by, attempts from {s}.jobs")
+    assert str(locked_by) == pool and attempts == 2

@@ -3,11 +3,10 @@ its own migrations directory."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,13 @@ from typing import Any
 import pydantic
 
 from fleet_worker.catalog import Catalog
+
+
+class JobCancelled(BaseException):
+    """Raised inside a sync task by `ctx.sleep` or `ctx.check_cancelled` once the worker asked
+    the job to stop: its lease on the job is about to run out (the database is unreachable)
+    or the shutdown is forced. A BaseException, so `except Exception` in task code does not
+    swallow it; let it propagate. The job is released and runs again later."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,19 @@ class JobContext:
     max_attempts: int
     queue: str | None
     pool_id: str
+    # Set by the worker when this execution must stop. Async tasks are cancelled outright;
+    # sync tasks cannot be interrupted from outside, so they poll this (or use `sleep`).
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the worker asked this job to stop."""
+        if self.cancelled.is_set():
+            raise JobCancelled(f"job {self.job_id} cancelled by the worker")
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep that a cancellation interrupts (raising JobCancelled)."""
+        self.cancelled.wait(seconds)
+        self.check_cancelled()
 
 
 TaskFn = Callable[..., Any]
@@ -86,14 +105,8 @@ class App:
         return Catalog.load(self.migrations)
 
 
-async def call_task(task: Task, payload: Any, ctx: JobContext, threads: Executor) -> None:
-    """Run one job: async tasks on the loop, sync ones on the worker's thread pool."""
-    args = (payload, ctx) if task.wants_context else (payload,)
-    if task.is_async:
-        result: Awaitable[Any] = task.fn(*args)
-        await result
-    else:
-        await asyncio.get_running_loop().run_in_executor(threads, lambda: task.fn(*args))
+def task_args(task: Task, payload: Any, ctx: JobContext) -> tuple[Any, ...]:
+    return (payload, ctx) if task.wants_context else (payload,)
 
 
 class AppLoadError(ImportError):

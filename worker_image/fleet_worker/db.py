@@ -8,9 +8,9 @@ import psycopg
 from psycopg import sql
 
 from fleet_worker.identifiers import DEFAULT_SCHEMA, schema_ident
+from fleet_worker.protocol import LIVE_STATES, TERMINAL_STATES
 
-LIVE_STATES = ("starting", "waiting-for-schema", "active", "draining")
-TERMINAL_STATES = ("stopped", "dead", "evicted")
+__all__ = ["LIVE_STATES", "TERMINAL_STATES", "Schema", "connect", "connect_async", "lease_live"]
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -36,6 +36,25 @@ class Schema:
     @property
     def notify_channel(self) -> str:
         return f"{self.name}.jobs"
+
+
+def lease_live(*, leased: bool = True) -> sql.SQL:
+    """The one definition of "pool `p` is live", for every query that judges other pools:
+    a live state and a heartbeat younger than the threshold the pool registered with
+    (`%(threshold)s`, the observer's, only for pools of releases before core/0002, or for a
+    schema that predates it: `leased=False`). Parameters: `%(live_states)s`, `%(threshold)s`.
+    Whoever judges must be off probation (fleet_worker.lease): after an outage of its own,
+    others' silence may be the outage's."""
+    threshold = "coalesce(p.sweep_threshold_s, %(threshold)s)" if leased else "%(threshold)s"
+    return sql.SQL(
+        "(p.state = any(%(live_states)s) and p.heartbeat_at > now() - make_interval(secs => "
+        + threshold
+        + "))"
+    )
+
+
+def live_params(threshold_s: float) -> dict[str, object]:
+    return {"live_states": list(LIVE_STATES), "threshold": threshold_s}
 
 
 # A peer that vanishes without a FIN (a dead host, a dropped route) must surface as an error

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleet_worker")
 _STATES = ("starting", "waiting-for-schema", "active", "draining", "stopped")
+_TEXT = "text/plain; charset=utf-8"
+MAX_CLIENTS = 64  # kubelet probes and a Prometheus scrape need a handful
+MAX_REQUEST_BYTES = 8192  # request line and headers
+REQUEST_TIMEOUT_S = 5.0  # for the whole request, not per line
 
 
 class HealthServer:
@@ -22,6 +26,7 @@ class HealthServer:
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
+        self._clients: dict[asyncio.StreamWriter, None] = {}  # insertion order: oldest first
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -38,7 +43,7 @@ class HealthServer:
         w = self.worker
         if w.state != "active":
             return False, f"pool state is {w.state}"
-        if w.fenced or time.monotonic() - w.last_beat_ok > w.settings.sweep_threshold:
+        if w.fenced or w.lease.must_fence(time.monotonic()):
             return False, "no recent heartbeat"
         if w._stop.is_set():
             return False, "stopping"
@@ -70,7 +75,7 @@ class HealthServer:
             "# TYPE fleet_worker_jobs_running gauge",
             f"fleet_worker_jobs_running {len(w.running)}",
             "# TYPE fleet_worker_heartbeat_age_seconds gauge",
-            f"fleet_worker_heartbeat_age_seconds {time.monotonic() - w.last_beat_ok:.3f}",
+            f"fleet_worker_heartbeat_age_seconds {w.lease.silent_for(time.monotonic()):.3f}",
             "# TYPE fleet_worker_pool_state gauge",
         ]
         for state in _STATES:
@@ -79,32 +84,62 @@ class HealthServer:
         return "\n".join(lines) + "\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Unauthenticated and reachable by anything in the pod network: bound the clients
+        # served at once, the bytes one may send, and the time it may take to send them.
+        # Full: the oldest client goes, not the newcomer, so a few idle connections cannot
+        # lock the kubelet's probes out.
+        while len(self._clients) >= MAX_CLIENTS:
+            oldest = next(iter(self._clients))
+            del self._clients[oldest]
+            oldest.close()
+        self._clients[writer] = None
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            content_type = "text/plain; charset=utf-8"
-            if path == "/healthz":
-                ok, body = self.live()
-            elif path == "/readyz":
-                ok, body = self.ready()
-            elif path == "/metrics":
-                ok, body = True, self.metrics()
-                content_type = "text/plain; version=0.0.4"
+            path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+            if path is None:
+                status, body, content_type = "431 Request Header Fields Too Large", "", _TEXT
             else:
-                ok, body, status = False, "not found", "404 Not Found"
-            if path in ("/healthz", "/readyz", "/metrics"):
-                status = "200 OK" if ok else "503 Service Unavailable"
+                status, body, content_type = self._respond(path)
             data = body.encode()
             writer.write(
                 f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
                 + data
             )
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            if path is None:
+                # Closing with unread input resets the connection, and the client may never
+                # see the answer: read on a little, discarding.
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(64 * 1024), 1.0)
         except (TimeoutError, ConnectionError):
             pass
         finally:
+            self._clients.pop(writer, None)
             writer.close()
+
+    def _respond(self, path: str) -> tuple[str, str, str]:
+        if path == "/healthz":
+            ok, body = self.live()
+        elif path == "/readyz":
+            ok, body = self.ready()
+        elif path == "/metrics":
+            return "200 OK", self.metrics(), "text/plain; version=0.0.4"
+        else:
+            return "404 Not Found", "not found", _TEXT
+        return ("200 OK" if ok else "503 Service Unavailable"), body, _TEXT
+
+
+async def _read_request(reader: asyncio.StreamReader) -> str | None:
+    """The request path, after reading (and ignoring) the headers; None when the request
+    head exceeds MAX_REQUEST_BYTES."""
+    head = b""
+    while not head.endswith((b"\r\n\r\n", b"\n\n")):
+        chunk = await reader.read(1024)
+        if not chunk:
+            break
+        head += chunk
+        if len(head) > MAX_REQUEST_BYTES:
+            return None
+    parts = head.split(b"\n", 1)[0].decode("latin-1").split()
+    return parts[1] if len(parts) >= 2 else ""

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
 from fleet_worker.catalog import SCHEMA_PLACEHOLDER, Catalog, Migration
 from fleet_worker.compat import AppliedMigration, Assessment, assess
-from fleet_worker.db import LIVE_STATES, Schema, first_line
+from fleet_worker.db import Schema, first_line, lease_live, live_params
+from fleet_worker.protocol import LEASES
 from fleet_worker.recovery import release_pool_jobs
 
 
@@ -63,20 +65,32 @@ class OutdatedPool:
     running_jobs: int
 
 
+_LACKS = " and not p.catalog @> jsonb_build_array(jsonb_build_object('id', %(migration)s::text))"
+
+
 def live_outdated_pools(
     conn: psycopg.Connection, schema: Schema, migration_id: str, threshold_s: float
 ) -> list[OutdatedPool]:
-    """Live pools whose catalog lacks the migration: the ones a breaking migration waits for."""
+    """Live pools whose catalog lacks the migration: the ones a breaking migration waits for.
+    Each is judged by its own lease (`threshold_s` only for pools that registered none)."""
     rows = conn.execute(
         schema.q(
-            """select pool_id::text, version, pod_name, state, running_jobs from {s}.pools
-               where state = any(%s) and heartbeat_at > now() - make_interval(secs => %s)
-                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
-               order by started_at"""
-        ),
-        [list(LIVE_STATES), threshold_s, migration_id],
+            "select pool_id::text, version, pod_name, state, running_jobs from {s}.pools p where "
+        )
+        + lease_live(leased=_leased(conn, schema))
+        + sql.SQL(_LACKS)
+        + sql.SQL(" order by started_at"),
+        {**live_params(threshold_s), "migration": migration_id},
     ).fetchall()
     return [OutdatedPool(*r) for r in rows]
+
+
+def _leased(conn: psycopg.Connection, schema: Schema) -> bool:
+    """Whether the schema has the lease columns (core/0002); `plan` may run before it."""
+    row = conn.execute(
+        schema.q("select exists (select 1 from {s}.migrations where id = %s)"), [LEASES]
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def activate(
@@ -105,17 +119,18 @@ def declare_stale_outdated_dead(
     conn: psycopg.Connection, schema: Schema, migration_id: str, threshold_s: float
 ) -> list[str]:
     """Inside the caller's transaction: pools lacking the migration whose state says live but
-    whose heartbeat is older than the threshold are dead; make it so before migrating, so a
-    silent old worker that comes back finds itself dead instead of fetching."""
+    whose lease expired are dead; make it so before migrating, so a silent old worker that
+    comes back finds itself dead instead of fetching."""
     rows = conn.execute(
         schema.q(
-            """update {s}.pools set state = 'dead', stopped_at = now(),
+            """update {s}.pools p set state = 'dead', stopped_at = now(),
                    reason = 'no heartbeat when a breaking migration needed it gone'
-               where state = any(%s) and heartbeat_at <= now() - make_interval(secs => %s)
-                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
-               returning pool_id::text"""
-        ),
-        [list(LIVE_STATES), threshold_s, migration_id],
+               where p.state = any(%(live_states)s) and not """
+        )
+        + lease_live()
+        + sql.SQL(_LACKS)
+        + sql.SQL(" returning p.pool_id::text"),
+        {**live_params(threshold_s), "migration": migration_id},
     ).fetchall()
     dead = [r[0] for r in rows]
     release_pool_jobs(conn, schema, dead, "released: its pool stopped heartbeating")
@@ -132,12 +147,13 @@ def evict_outdated_pools(
     """Inside the caller's transaction: mark live outdated pools evicted, release their jobs."""
     rows = conn.execute(
         schema.q(
-            """update {s}.pools set state = 'evicted', stopped_at = now(), reason = %s
-               where state = any(%s) and heartbeat_at > now() - make_interval(secs => %s)
-                 and not catalog @> jsonb_build_array(jsonb_build_object('id', %s::text))
-               returning pool_id::text"""
-        ),
-        [reason, list(LIVE_STATES), threshold_s, migration_id],
+            "update {s}.pools p set state = 'evicted', stopped_at = now(), "
+            "reason = %(reason)s where "
+        )
+        + lease_live()
+        + sql.SQL(_LACKS)
+        + sql.SQL(" returning p.pool_id::text"),
+        {**live_params(threshold_s), "migration": migration_id, "reason": reason},
     ).fetchall()
     pool_ids = [r[0] for r in rows]
     if pool_ids:

@@ -7,12 +7,14 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from fleet_worker.catalog import Catalog
-from fleet_worker.db import Schema
+from fleet_worker.db import Schema, lease_live, live_params
 from fleet_worker.recovery import release_pool_jobs
 
 
@@ -50,13 +52,19 @@ def register_pool(
     *,
     mode: str,
     concurrency: int,
+    heartbeat_interval_s: float,
+    sweep_threshold_s: float,
 ) -> str:
+    """A new pool row with its lease terms. `host_started_at` is this host's clock, not the
+    database's: a supervisor on the same host compares it with container times."""
     pool_id = str(uuid.uuid4())
     conn.execute(
         schema.q(
             """insert into {s}.pools (pool_id, fleet, version, image, pod_name, node_name,
-                   hostname, pid, mode, catalog, state, concurrency)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'starting', %s)"""
+                   hostname, pid, mode, catalog, state, concurrency, heartbeat_interval_s,
+                   sweep_threshold_s, host_started_at)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'starting', %s, %s,
+                       %s, %s)"""
         ),
         [
             pool_id,
@@ -70,6 +78,9 @@ def register_pool(
             mode,
             json.dumps(catalog.to_json()),
             concurrency,
+            heartbeat_interval_s,
+            sweep_threshold_s,
+            datetime.now(UTC),
         ],
     )
     return pool_id
@@ -152,19 +163,26 @@ def stop_pool(
 _POOL_COLUMNS = (
     "pool_id", "fleet", "version", "image", "pod_name", "node_name", "hostname", "pid", "mode",
     "state", "concurrency", "running_jobs", "reason", "wants_migration", "started_at",
-    "heartbeat_at", "stopped_at", "heartbeat_age_s", "live", "catalog",
+    "heartbeat_at", "stopped_at", "heartbeat_age_s", "live", "catalog", "sweep_threshold_s",
+    "host_started_at",
 )  # fmt: skip
 
 
 def pools_report(
-    conn: psycopg.Connection, schema: Schema, threshold_s: float, *, recent_only: bool = False
+    conn: psycopg.Connection,
+    schema: Schema,
+    threshold_s: float,
+    *,
+    recent_only: bool = False,
+    leased: bool = True,
 ) -> list[dict[str, Any]]:
-    """Pools with liveness. `recent_only` keeps what a controller needs without reading years
-    of history: live-state pools, the last hour, and the newest pool of every version (whose
-    catalog tells what that version knows)."""
+    """Pools with liveness (each judged by its own lease; `threshold_s` for pools without
+    one). `recent_only` keeps what a controller needs without reading years of history:
+    live-state pools, the last hour, and the newest pool of every version (whose catalog
+    tells what that version knows). `leased=False` for a schema before core/0002."""
     where = (
         schema.q(
-            """where state in ('starting', 'waiting-for-schema', 'active', 'draining')
+            """where state = any(%(live_states)s)
               or started_at > now() - interval '1 hour'
               or pool_id in (select distinct on (version) pool_id from {s}.pools
                              order by version, started_at desc)"""
@@ -172,21 +190,26 @@ def pools_report(
         if recent_only
         else schema.q("")
     )
+    lease_columns = (
+        sql.SQL("p.sweep_threshold_s, p.host_started_at")
+        if leased
+        else sql.SQL("null::float8, null::timestamptz")
+    )
     query = (
         schema.q(
             """select pool_id::text, fleet, version, image, pod_name, node_name, hostname, pid,
                   mode, state, concurrency, running_jobs, reason, wants_migration,
                   started_at, heartbeat_at, stopped_at,
-                  extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age,
-                  state in ('starting', 'waiting-for-schema', 'active', 'draining')
-                    and heartbeat_at > now() - make_interval(secs => %s) as live,
-                  catalog
-           from {s}.pools """
+                  extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age, """
         )
+        + lease_live(leased=leased)
+        + sql.SQL(" as live, catalog, ")
+        + lease_columns
+        + schema.q(" from {s}.pools p ")
         + where
         + schema.q(" order by started_at")
     )
-    rows = conn.execute(query, [threshold_s]).fetchall()
+    rows = conn.execute(query, live_params(threshold_s)).fetchall()
     return [dict(zip(_POOL_COLUMNS, r, strict=True)) for r in rows]
 
 

@@ -31,6 +31,7 @@ class Job:
     attempts: int
     max_attempts: int
     key: str | None
+    lock_token: int  # this attempt's fence: completion and failure must present it
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class QueueSQL:
     """The runtime's hot-path statements, composed once per schema."""
 
     def __init__(self, schema: Schema) -> None:
+        self.tokens_seq = f'"{schema.name}".lock_tokens'  # a validated identifier
         # One statement: pick runnable jobs (serial queues must be free), keep at most one per
         # queue, lock the chosen queues and jobs. The pool must still be active: a pool that
         # others declared dead or evicted cannot take new work even if it does not know yet.
@@ -130,17 +132,20 @@ class QueueSQL:
                    returning q.queue_name
                )
                update {s}.jobs j set locked_by = %(pool)s, locked_at = now(),
-                   attempts = j.attempts + 1, updated_at = now()
+                   attempts = j.attempts + 1, updated_at = now(),
+                   lock_token = nextval(%(tokens_seq)s::regclass)
                from chosen where j.id = chosen.id
                returning j.id, j.task_identifier, j.payload, j.queue_name, j.priority,
-                         j.run_at, j.attempts, j.max_attempts, j.key"""
+                         j.run_at, j.attempts, j.max_attempts, j.key, j.lock_token"""
         )
         # (A pool whose own heartbeat is older than the threshold is not live to others:
         # it must not take work either, whatever it believes about itself.)
-        # Fenced: only the pool that holds the lock may finish the job.
+        # Fenced on the attempt: only the pool that holds the lock, and only for the attempt
+        # it fetched (tokens are unique), may finish the job.
         self.complete = schema.q(
             """with done as (
                    delete from {s}.jobs where id = any(%(ids)s) and locked_by = %(pool)s
+                     and lock_token = any(%(tokens)s)
                    returning id, queue_name
                ), queues as (
                    update {s}.job_queues q set locked_by = null, locked_at = null
@@ -154,13 +159,29 @@ class QueueSQL:
                        run_at = now() + make_interval(secs => %(delay)s),
                        attempts = case when %(permanent)s then max_attempts else attempts end,
                        updated_at = now()
-                   where id = %(id)s and locked_by = %(pool)s
+                   where id = %(id)s and locked_by = %(pool)s and lock_token = %(token)s
                    returning id, queue_name
                ), queues as (
                    update {s}.job_queues q set locked_by = null, locked_at = null
                    from failed where q.queue_name = failed.queue_name and q.locked_by = %(pool)s
                )
                select id from failed"""
+        )
+        # Give attempts back unrecorded (the worker cancelled them when its lease ran out):
+        # the attempt counts, as any interrupted one does.
+        self.release = schema.q(
+            """with released as (
+                   update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
+                       last_error = %(error)s, updated_at = now()
+                   where id = any(%(ids)s) and locked_by = %(pool)s
+                     and lock_token = any(%(tokens)s)
+                   returning id, queue_name
+               ), queues as (
+                   update {s}.job_queues q set locked_by = null, locked_at = null
+                   from released where q.queue_name = released.queue_name
+                     and q.locked_by = %(pool)s
+               )
+               select id from released"""
         )
 
 
@@ -173,7 +194,13 @@ async def fetch_jobs(
     *,
     threshold_s: float = 60.0,
 ) -> list[Job]:
-    params = {"tasks": tasks, "pool": pool_id, "limit": limit, "threshold": threshold_s}
+    params = {
+        "tasks": tasks,
+        "pool": pool_id,
+        "limit": limit,
+        "threshold": threshold_s,
+        "tokens_seq": q.tokens_seq,
+    }
     cur = await conn.execute(q.fetch, params)
     rows = await cur.fetchall()
     jobs = [Job(*row) for row in rows]
@@ -181,19 +208,32 @@ async def fetch_jobs(
     return jobs
 
 
+def attempt_params(jobs: Sequence[Job], pool_id: str) -> dict[str, Any]:
+    """Parameters of `complete` and `release`: the attempts, fenced by their tokens."""
+    return {"ids": [j.id for j in jobs], "tokens": [j.lock_token for j in jobs], "pool": pool_id}
+
+
 async def complete_jobs(
-    conn: psycopg.AsyncConnection, q: QueueSQL, pool_id: str, job_ids: list[int]
+    conn: psycopg.AsyncConnection, q: QueueSQL, pool_id: str, jobs: Sequence[Job]
 ) -> set[int]:
     """Returns the ids actually completed; the others were taken from us (fencing)."""
-    cur = await conn.execute(q.complete, {"ids": job_ids, "pool": pool_id})
+    cur = await conn.execute(q.complete, attempt_params(jobs, pool_id))
     return {r[0] for r in await cur.fetchall()}
+
+
+def storable_text(text: str) -> str:
+    """What PostgreSQL's text type accepts, every time: no NUL byte, valid UTF-8 (a lone
+    surrogate from a decoding error would make every attempt to record it fail), bounded."""
+    cleaned = text.replace("\x00", "\\x00")
+    cleaned = cleaned.encode("utf-8", "backslashreplace").decode("utf-8")
+    return cleaned[:MAX_ERROR_LENGTH]
 
 
 async def fail_job(
     conn: psycopg.AsyncConnection,
     q: QueueSQL,
     pool_id: str,
-    job_id: int,
+    job: Job,
     error: str,
     delay_s: float,
     *,
@@ -202,9 +242,10 @@ async def fail_job(
     cur = await conn.execute(
         q.fail,
         {
-            "id": job_id,
+            "id": job.id,
+            "token": job.lock_token,
             "pool": pool_id,
-            "error": error[:MAX_ERROR_LENGTH],
+            "error": storable_text(error),
             "delay": delay_s,
             "permanent": permanent,
         },

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from fleet_worker.db import LIVE_STATES, TERMINAL_STATES, Schema
+from fleet_worker.db import LIVE_STATES, TERMINAL_STATES, Schema, lease_live, live_params
 
 
 def release_pool_jobs(
@@ -48,10 +48,11 @@ class SweepResult:
 def sweep(
     conn: psycopg.Connection, schema: Schema, threshold_s: float, *, sweeper: str | None = None
 ) -> SweepResult:
-    """One sweep, if no one else is sweeping: pools silent for `threshold_s` (database clock)
-    become dead and lose their locks; locks still held by already-terminal pools are freed.
-    A sweeping worker never declares itself dead: it is evidently running, and after a
-    database outage its own stale heartbeat would otherwise race its next beat."""
+    """One sweep, if no one else is sweeping: pools whose lease expired (each judged by its
+    own threshold; `threshold_s` only for pools that registered none) become dead and lose
+    their locks; locks still held by already-terminal pools are freed. A sweeping worker
+    never declares itself dead: it is evidently running. The caller must be off probation
+    (see fleet_worker.lease): right after its own outage, others' silence may be its own."""
     with conn.transaction():
         got = conn.execute(
             "select pg_try_advisory_xact_lock(hashtext(%s))", [schema.lock_key("sweep")]
@@ -60,14 +61,18 @@ def sweep(
             return SweepResult(False, [], 0)
         rows = conn.execute(
             schema.q(
-                """update {s}.pools set state = 'dead', stopped_at = now(),
+                """update {s}.pools p set state = 'dead', stopped_at = now(),
                        reason = format('no heartbeat for %%s (threshold %%s s)',
-                                       date_trunc('second', now() - heartbeat_at), %s::text)
-                   where state = any(%s) and heartbeat_at < now() - make_interval(secs => %s)
-                     and pool_id is distinct from %s::uuid
-                   returning pool_id::text"""
+                                       date_trunc('second', now() - p.heartbeat_at),
+                                       coalesce(p.sweep_threshold_s, %(threshold)s))
+                   where p.state = any(%(live_states)s) and not """
+            )
+            + lease_live()
+            + schema.q(
+                """ and p.pool_id is distinct from %(sweeper)s::uuid
+                   returning p.pool_id::text"""
             ),
-            [str(threshold_s), list(LIVE_STATES), threshold_s, sweeper],
+            {**live_params(threshold_s), "sweeper": sweeper},
         ).fetchall()
         dead = [r[0] for r in rows]
         leftovers = conn.execute(

@@ -4,14 +4,17 @@ heartbeat, sweep, and stop without losing work.
 Concurrency model: one asyncio loop. The hot path (fetch, complete, fail) uses one async
 connection; LISTEN uses another; maintenance (heartbeat, sweep, migrations) runs on a sync
 connection in a single dedicated thread so it never waits behind jobs. Sync tasks run on a
-thread pool sized to `concurrency`.
+thread pool sized to `concurrency`. A lease watchdog (see fleet_worker.lease) cancels the
+running jobs before others could take them when heartbeats stop being recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from fleet_worker import migrate as migrations
-from fleet_worker.app import App, JobContext, PermanentJobError, call_task
+from fleet_worker.app import App, JobCancelled, JobContext, PermanentJobError, task_args
 from fleet_worker.catalog import Catalog
 from fleet_worker.compat import AppliedMigration, Assessment, assess
 from fleet_worker.db import (
@@ -38,6 +41,7 @@ from fleet_worker.db import (
 )
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import HealthServer
+from fleet_worker.lease import Lease
 from fleet_worker.pools import (
     Heartbeat,
     PoolIdentity,
@@ -47,13 +51,41 @@ from fleet_worker.pools import (
     stop_pool,
     waited_seconds,
 )
-from fleet_worker.queue import Job, QueueSQL, backoff_seconds, complete_jobs, fail_job, fetch_jobs
+from fleet_worker.protocol import CORE_PROTOCOL
+from fleet_worker.queue import (
+    Job,
+    QueueSQL,
+    attempt_params,
+    backoff_seconds,
+    complete_jobs,
+    fail_job,
+    fetch_jobs,
+)
 from fleet_worker.recovery import release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
 
 log = logging.getLogger("fleet_worker")
-CORE_PROTOCOL = "core/0001"  # the migration that creates the pools table
 T = TypeVar("T")
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
+MAX_RECORD_FAILURES = 5  # the database refusing a record (not the connection) this often
+
+
+@dataclass
+class Running:
+    """One execution in progress. `cancel_reason` says who asked it to stop: "lease" (its
+    lease is running out: give the job back unrecorded) or "shutdown" (forced stop)."""
+
+    job: Job
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+    thread: concurrent.futures.Future[Any] | None = None
+    cancel_reason: str | None = None
+
+    def executing(self) -> bool:
+        """Task code may still be running (a sync task's thread outlives its asyncio task)."""
+        if self.thread is not None:
+            return not self.thread.done()
+        return self.task is not None and not self.task.done()
 
 
 @dataclass
@@ -128,18 +160,19 @@ class Worker:
         self.pool_id: str | None = None
         self.state = "starting"
         self.counters = Counters()
-        self.running: dict[int, asyncio.Task[None]] = {}
+        self.running: dict[int, Running] = {}
         self.exit_code: ExitCode | None = None
         self.exit_reason = ""
-        self.fenced = False  # no successful heartbeat for longer than the sweep threshold
-        self.last_beat_ok = time.monotonic()
+        self.lease = Lease(settings.heartbeat_interval, settings.sweep_threshold)
+        self.fenced = False  # the lease ran low: running jobs cancelled, nothing fetched
         self.assessment: Assessment | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._to_complete: list[int] = []
-        self._completing: list[int] = []  # the batch whose completion is in flight
+        self._to_complete: list[Job] = []
+        self._completing: list[Job] = []  # the batch whose completion is in flight
+        self._abandoned: list[Job] = []  # cancelled for the lease; released once we can
         self._completions = asyncio.Event()
         self._jobs_conn: psycopg.AsyncConnection | None = None
         self._signals = 0
@@ -180,6 +213,7 @@ class Worker:
             await self._register()
             background = [
                 self._service(self._heartbeat_loop(), "heartbeat"),
+                self._service(self._lease_loop(), "lease"),
                 self._service(self._sweep_loop(), "sweep"),
             ]
             try:
@@ -258,6 +292,7 @@ class Worker:
 
     async def _register(self) -> None:
         who = PoolIdentity.from_env(fleet=self.settings.fleet, version=self.version)
+        sent = time.monotonic()
         self.pool_id = await self.maintenance.run(
             lambda c: register_pool(
                 c,
@@ -266,8 +301,11 @@ class Worker:
                 self.catalog,
                 mode=self.settings.mode,
                 concurrency=self.settings.concurrency,
+                heartbeat_interval_s=self.settings.heartbeat_interval,
+                sweep_threshold_s=self.settings.sweep_threshold,
             )
         )
+        self.lease.renewed(sent)  # the row's heartbeat_at is its first beat
         log.info(
             "registered pool %s (version %s, %d known migrations, mode %s)",
             self.pool_id,
@@ -280,12 +318,13 @@ class Worker:
         self.state = state
         pool_id = self._pool()
         running = len(self.running)
+        sent = time.monotonic()
         beat = await self.maintenance.run(
             lambda c: heartbeat(
                 c, self.schema, pool_id, running_jobs=running, state=state, reason=reason
             )
         )
-        self._after_beat(beat.state, beat.reason)
+        self._after_beat(beat.state, beat.reason, sent)
 
     def _pool(self) -> str:
         assert self.pool_id is not None
@@ -335,13 +374,14 @@ class Worker:
 
     async def _activate(self) -> Assessment:
         pool_id = self._pool()
+        sent = time.monotonic()
         state = await self.maintenance.run(
             lambda c: migrations.activate(c, self.schema, self.catalog, pool_id)
         )
         self.assessment = state
         if state.compatible:
             self.state = "active"
-            self._after_beat("active", None)
+            self._after_beat("active", None, sent)
         return state
 
     async def _self_migrate(self, state: Assessment) -> None:
@@ -361,6 +401,13 @@ class Worker:
             return
         breaking = state.first_breaking
         assert breaking is not None
+        if self.lease.on_probation(time.monotonic()):
+            # Whether the pools it waits for are silent or the outage was ours, this pool
+            # cannot tell yet: no declaring dead, no eviction until it has beaten for one
+            # threshold without a failure.
+            log.debug("breaking migration %s: on probation, not judging others", breaking.id)
+            await self._sleep(self.settings.poll_interval)
+            return
         pool_id = self._pool()
         threshold = self.settings.sweep_threshold
 
@@ -409,12 +456,11 @@ class Worker:
 
     def _may_fetch(self) -> bool:
         # A heartbeat that hangs (no error, no answer) fences as surely as one that fails.
-        silent = time.monotonic() - self.last_beat_ok
         return (
             not self._stop.is_set()
             and not self.fenced
             and self.state == "active"
-            and silent < self.settings.sweep_threshold
+            and not self.lease.must_fence(time.monotonic())
         )
 
     async def _fetch_loop(self) -> None:
@@ -445,14 +491,15 @@ class Worker:
                 self.counters.fetch_batches += 1
                 self.counters.fetched += len(jobs)
                 for job in jobs:
-                    self.running[job.id] = asyncio.create_task(self._run_job(job))
+                    run = Running(job, self._context(job))
+                    self.running[job.id] = run
+                    run.task = asyncio.create_task(self._run_job(run))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
-    async def _run_job(self, job: Job) -> None:
-        task = self.app.tasks[job.task_identifier]
-        ctx = JobContext(
+    def _context(self, job: Job) -> JobContext:
+        return JobContext(
             job_id=job.id,
             task=job.task_identifier,
             attempts=job.attempts,
@@ -460,10 +507,30 @@ class Worker:
             queue=job.queue_name,
             pool_id=self._pool(),
         )
+
+    async def _run_job(self, run: Running) -> None:
+        job, ctx = run.job, run.ctx
+        task = self.app.tasks[job.task_identifier]
         try:
-            await call_task(task, task.prepare(job.payload), ctx, self.threads)
-        except asyncio.CancelledError:
-            raise  # shutdown released it; the lock release is the record
+            args = task_args(task, task.prepare(job.payload), ctx)
+            if task.is_async:
+                await task.fn(*args)
+            else:
+                run.thread = self.threads.submit(task.fn, *args)
+                await asyncio.wrap_future(run.thread)
+        except (asyncio.CancelledError, JobCancelled) as exc:
+            me = asyncio.current_task()
+            if run.cancel_reason == "shutdown":
+                raise  # the drain releases it; the lock release is the record
+            if run.cancel_reason == "lease":
+                # Given back unrecorded once the database is reachable (or swept).
+                self._abandoned.append(job)
+                if me is not None and me.cancelling():
+                    me.uncancel()
+                return
+            # Raised by the task itself, not by the worker: a failure like any other.
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            await self._fail(job, f"{detail} (raised by the task)", permanent=False)
         except PermanentJobError as exc:
             await self._fail(job, str(exc), permanent=True)
         except Exception as exc:
@@ -477,40 +544,57 @@ class Worker:
             )
             await self._fail(job, detail, permanent=False)
         else:
-            self._to_complete.append(job.id)
+            self._to_complete.append(job)
             self._completions.set()
         finally:
             self.running.pop(job.id, None)
             self._slot_free.set()
 
+    def _cancel_running(self, reason: str) -> None:
+        """Ask every running execution to stop: async tasks are cancelled; sync tasks, which
+        nothing can interrupt from outside, see ctx.cancelled (ctx.sleep raises)."""
+        for run in self.running.values():
+            if run.cancel_reason is None:
+                run.cancel_reason = reason
+            run.ctx.cancelled.set()
+            if run.task is not None and (run.thread is None or reason == "shutdown"):
+                run.task.cancel()
+
     async def _fail(self, job: Job, error: str, *, permanent: bool) -> None:
+        """Record a failure, fenced on the attempt. Connection errors are retried until the
+        record lands or the worker stops (the drain then releases the job). A record the
+        database itself refuses is retried with a minimal message; if even that is refused
+        the pool stops, so the job is released instead of held by a live pool forever."""
         delay = backoff_seconds(
             job.attempts, self.settings.retry_delay, self.settings.retry_max_delay
         )
-        for attempt in range(20):
+        refusals = 0
+        for attempt in itertools.count():
+            if attempt and self._stop.is_set():
+                return
             try:
                 ok = await fail_job(
-                    await self._jobs(),
-                    self.sql,
-                    self._pool(),
-                    job.id,
-                    error,
-                    delay,
+                    await self._jobs(), self.sql, self._pool(), job, error, delay,
                     permanent=permanent,
-                )
+                )  # fmt: skip
                 self.counters.failed += 1
                 if not ok:
                     self.counters.completions_rejected += 1
                 return
-            except (psycopg.Error, DatabaseUnavailableError):
+            except _TRANSIENT:
                 await self._drop_jobs_conn()
-                await asyncio.sleep(min(0.1 * 2**attempt, 5))
-        # Gave up: the lock stays ours until the sweep or our shutdown releases it.
-        log.error("could not record the failure of job %d; it will be recovered", job.id)
+                await asyncio.sleep(min(0.1 * 2 ** min(attempt, 6), 5))
+            except psycopg.Error as exc:
+                refusals += 1
+                log.error("the database refused the failure of job %d: %s", job.id, first_line(exc))
+                if refusals >= 2:
+                    self.request_stop(ExitCode.ERROR, f"cannot record the failure of job {job.id}")
+                    return
+                error = f"{type(exc).__name__} while storing the error of {job.task_identifier}"
 
     async def _complete_loop(self) -> None:
         """Batch completions: whatever finished while the last batch was in flight."""
-        backoff = 0.05
+        backoff, refusals = 0.05, 0
         while True:
             await self._completions.wait()
             self._completions.clear()
@@ -519,15 +603,23 @@ class Worker:
                 self._completing = batch
                 try:
                     done = await complete_jobs(await self._jobs(), self.sql, self._pool(), batch)
-                except (psycopg.Error, DatabaseUnavailableError):
+                except (psycopg.Error, DatabaseUnavailableError) as exc:
                     self._to_complete = batch + self._to_complete
                     await self._drop_jobs_conn()
+                    if not isinstance(exc, _TRANSIENT):
+                        refusals += 1
+                        log.error("the database refused completions: %s", first_line(exc))
+                        if refusals >= MAX_RECORD_FAILURES:
+                            # Finished jobs held by a live pool forever would block their
+                            # queues: stop, and let the drain release them.
+                            self.request_stop(ExitCode.ERROR, "cannot record completions")
+                            return
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5)
                     continue
                 finally:
                     self._completing = []
-                backoff = 0.05
+                backoff, refusals = 0.05, 0
                 self.counters.completed += len(done)
                 rejected = len(batch) - len(done)
                 if rejected:
@@ -563,8 +655,8 @@ class Worker:
 
     # -- maintenance -----------------------------------------------------------------------
 
-    def _after_beat(self, db_state: str, reason: str | None) -> None:
-        self.last_beat_ok = time.monotonic()
+    def _after_beat(self, db_state: str, reason: str | None, sent_at: float) -> None:
+        self.lease.renewed(sent_at)
         if self.fenced:
             log.info("heartbeat restored; fetching again")
             self.fenced = False
@@ -579,13 +671,22 @@ class Worker:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
+            sent = time.monotonic()
+            abandoned = list(self._abandoned)
             try:
-                beat, applied = await self.maintenance.run(
+                beat, applied, released = await self.maintenance.run(
                     functools.partial(
-                        self._beat_and_read, pool_id=self._pool(), running=len(self.running)
+                        self._beat_and_read,
+                        pool_id=self._pool(),
+                        running=len(self.running),
+                        abandoned=abandoned,
                     )
                 )
-                self._after_beat(beat.state, beat.reason)
+                self._after_beat(beat.state, beat.reason, sent)
+                if abandoned:
+                    gone = {j.id for j in abandoned}
+                    self._abandoned = [j for j in self._abandoned if j.id not in gone]
+                    log.warning("gave back %d job(s) cancelled while cut off", released)
                 if self.state == "active":
                     state = self.assessment = assess(self.catalog, applied)
                     if state.out_of_date or state.mismatched:
@@ -593,22 +694,63 @@ class Worker:
                         self.request_stop(code, state.describe())
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 self.counters.heartbeats_failed += 1
-                silent = time.monotonic() - self.last_beat_ok
+                self.lease.failed()
+                silent = self.lease.silent_for(time.monotonic())
                 log.warning("heartbeat failed (%.1fs without one): %s", silent, exc)
-                if silent > self.settings.sweep_threshold and not self.fenced:
-                    log.error("no heartbeat for longer than the sweep threshold: not fetching")
-                    self.fenced = True
 
     def _beat_and_read(
-        self, conn: psycopg.Connection, *, pool_id: str, running: int
-    ) -> tuple[Heartbeat, list[AppliedMigration]]:
-        """One trip to the maintenance thread per beat: the beat and the schema it runs on."""
+        self, conn: psycopg.Connection, *, pool_id: str, running: int, abandoned: list[Job]
+    ) -> tuple[Heartbeat, list[AppliedMigration], int]:
+        """One trip to the maintenance thread per beat: the beat, the schema it runs on, and
+        the jobs cancelled while cut off given back (fenced on their attempts)."""
         beat = heartbeat(conn, self.schema, pool_id, running_jobs=running)
-        return beat, migrations.applied_migrations(conn, self.schema)
+        released = 0
+        if abandoned and beat.state not in ("dead", "evicted", "stopped"):
+            params = {**attempt_params(abandoned, pool_id), "error": "interrupted: its worker "
+                      "lost the database and cancelled it before its lease ran out"}  # fmt: skip
+            released = len(conn.execute(self.sql.release, params).fetchall())
+        return beat, migrations.applied_migrations(conn, self.schema), released
+
+    async def _lease_loop(self) -> None:
+        """The lease watchdog, independent of the heartbeat (which may hang on the network):
+        at 3/4 of the threshold without a recorded beat, cancel the running jobs; at 7/8,
+        if task code still runs (sync code ignoring ctx.cancelled, or an async task that
+        swallowed the cancellation), exit the process: nothing else stops a thread, and
+        others may take its jobs at the threshold."""
+        lease = self.lease
+        tick = min(self.settings.heartbeat_interval, lease.threshold / 16)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if lease.must_exit(now):
+                stubborn = [r.job.id for r in self.running.values() if r.executing()]
+                if stubborn:
+                    log.critical(
+                        "lease expiring (%.1fs without a recorded heartbeat, threshold %.1fs) "
+                        "and job(s) %s ignore cancellation: exiting so that no other worker "
+                        "runs them while they still run",
+                        lease.silent_for(now),
+                        lease.threshold,
+                        stubborn,
+                    )
+                    logging.shutdown()
+                    os._exit(int(ExitCode.FENCED))
+            if lease.must_fence(now) and not self.fenced:
+                self.fenced = True
+                log.error(
+                    "no heartbeat recorded for %.1fs (threshold %.1fs): not fetching, and "
+                    "cancelling %d running job(s) before the lease runs out",
+                    lease.silent_for(now),
+                    lease.threshold,
+                    len(self.running),
+                )
+                self._cancel_running("lease")
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
+            if self.lease.on_probation(time.monotonic()):
+                continue  # others' silence may be our own outage's: judge no one yet
             try:
                 result = await self.maintenance.run(
                     lambda c: sweep(
@@ -638,7 +780,7 @@ class Worker:
             with contextlib.suppress(DatabaseUnavailableError, psycopg.Error):
                 await self._set_state("draining", self.exit_reason)
             log.info("draining: waiting for %d running job(s)", len(self.running))
-            jobs = list(self.running.values())
+            jobs = [r.task for r in self.running.values() if r.task is not None]
 
             async def all_finished() -> None:
                 await asyncio.gather(*jobs, return_exceptions=True)
@@ -655,8 +797,7 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
         leftovers = list(self.running)
-        for job_task in list(self.running.values()):
-            job_task.cancel()
+        self._cancel_running("shutdown")
         await self._flush_completions(timeout=5)
         final_state = "stopped"
         reason = self.exit_reason or "stopped"
@@ -668,7 +809,7 @@ class Worker:
         def finish(conn: psycopg.Connection) -> int:
             with conn.transaction():
                 if finished:
-                    conn.execute(self.sql.complete, {"ids": finished, "pool": pool_id})
+                    conn.execute(self.sql.complete, attempt_params(finished, pool_id))
                 released = release_pool_jobs(
                     conn, self.schema, [pool_id], "interrupted: its worker shut down"
                 )

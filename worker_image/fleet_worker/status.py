@@ -10,6 +10,7 @@ import psycopg
 from fleet_worker.db import Schema
 from fleet_worker.migrate import applied_migrations
 from fleet_worker.pools import pools_report
+from fleet_worker.protocol import LEASES
 
 
 def job_counts(conn: psycopg.Connection, schema: Schema) -> dict[str, int]:
@@ -41,6 +42,8 @@ def status_report(conn: psycopg.Connection, schema: Schema, threshold_s: float) 
         "jobs": {"runnable": 0, "scheduled": 0, "running": 0, "failed": 0},
     }
     if applied:
-        report["pools"] = pools_report(conn, schema, threshold_s)
+        report["pools"] = pools_report(
+            conn, schema, threshold_s, leased=any(m.id == LEASES for m in applied)
+        )
         report["jobs"] = job_counts(conn, schema)
     return report

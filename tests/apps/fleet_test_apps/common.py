@@ -3,9 +3,12 @@ can prove that no job was lost and none ran twice."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,11 +21,46 @@ _local = threading.local()
 
 
 def db() -> psycopg.Connection:
+    """The tasks' own connection. LEDGER_URL, when set, bypasses the worker's route to the
+    database, so a test can cut the worker off while its tasks still report what they do."""
     conn: psycopg.Connection | None = getattr(_local, "conn", None)
     if conn is None or conn.closed:
-        conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+        url = os.environ.get("LEDGER_URL") or os.environ["DATABASE_URL"]
+        conn = psycopg.connect(url, autocommit=True)
         _local.conn = conn
     return conn
+
+
+def span_start(ctx: JobContext, kind: str) -> None:
+    """An execution span (tests create the `spans` table): start now, end in span_end."""
+    db().execute(
+        sql.SQL("insert into {} (job_id, pool_id, kind) values (%s, %s, %s)").format(
+            table("spans")
+        ),
+        [ctx.job_id, ctx.pool_id, kind],
+    )
+
+
+@contextlib.contextmanager
+def span(ctx: JobContext, kind: str) -> Iterator[None]:
+    """An execution span around the block: "done" if it ends, "cancelled" if it is cut."""
+    span_start(ctx, kind)
+    outcome = "cancelled"
+    try:
+        yield
+        outcome = "done"
+    finally:
+        span_end(ctx, outcome)
+
+
+def span_end(ctx: JobContext, outcome: str) -> None:
+    db().execute(
+        sql.SQL(
+            "update {t} set ended_at = clock_timestamp(), outcome = %s where id = "
+            "(select max(id) from {t} where job_id = %s and pool_id = %s)"
+        ).format(t=table("spans")),
+        [outcome, ctx.job_id, ctx.pool_id],
+    )
 
 
 def table(name: str) -> sql.Identifier:
@@ -69,5 +107,31 @@ def build(version: str, migrations: str, widget_column: str) -> App:
     @app.task("noop")
     async def noop(payload: Any) -> None:
         return None
+
+    # Tasks that record their execution as a span (start, end, outcome), to prove that two
+    # executions of one job never overlap.
+    @app.task("span_async")
+    async def span_async(payload: dict[str, Any], ctx: JobContext) -> None:
+        with span(ctx, "async"):
+            await asyncio.sleep(float(payload["s"]))
+
+    @app.task("span_cooperative")
+    def span_cooperative(payload: dict[str, Any], ctx: JobContext) -> None:
+        with span(ctx, "cooperative"):
+            ctx.sleep(float(payload["s"]))  # raises JobCancelled when the worker asks
+
+    @app.task("span_stubborn")
+    def span_stubborn(payload: dict[str, Any], ctx: JobContext) -> None:
+        span_start(ctx, "stubborn")
+        time.sleep(float(payload["s"]))  # ignores every request to stop
+        span_end(ctx, "done")
+
+    @app.task("nul_error")
+    def nul_error(payload: Any) -> None:
+        raise RuntimeError("bad\x00byte and a lone surrogate \udc80")
+
+    @app.task("cancels_itself")
+    async def cancels_itself(payload: Any) -> None:
+        raise asyncio.CancelledError("raised by the task, not by the worker")
 
     return app

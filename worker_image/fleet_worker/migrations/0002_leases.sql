@@ -1,0 +1,15 @@
+--! safe
+-- Leases. Each pool records the heartbeat interval and threshold it runs with, so every
+-- observer judges it by its own numbers; NULL (pools of releases before this migration)
+-- means "judged by the observer's threshold", as before.
+-- host_started_at is the pool's start on its own host's clock: a supervisor on that host
+-- (the kubelet) compares it with container start and finish times on the same clock.
+alter table :FLEET_SCHEMA.pools
+    add column heartbeat_interval_s float8 check (heartbeat_interval_s > 0),
+    add column sweep_threshold_s float8 check (sweep_threshold_s > 0),
+    add column host_started_at timestamptz;
+
+-- Attempt fencing: every fetch gives the job a new token; completion, failure and release
+-- must present it, so a retried statement of an earlier attempt can never touch a later one.
+create sequence :FLEET_SCHEMA.lock_tokens;
+alter table :FLEET_SCHEMA.jobs add column lock_token bigint;
