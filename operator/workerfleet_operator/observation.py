@@ -25,6 +25,9 @@ class PodInfo:
     last_finished_at: datetime | None = None
     waiting_reason: str | None = None
     running: bool = True  # the worker container is running now
+    # On the node's clock: every worker process of this pod that started before this time
+    # has ended (the current container's startedAt, or the finishedAt of the last one).
+    ended_before: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class PoolInfo:
     started_at: datetime
     catalog: tuple[MigrationInfo, ...]
     running_jobs: int = 0
+    # The pool's start on its own host's clock (None: a release before core/0002).
+    host_started_at: datetime | None = None
+    sweep_threshold_s: float | None = None  # its own lease (None: judged by the fleet's)
 
     def knows(self, migration_id: str) -> bool:
         return any(m.id == migration_id for m in self.catalog)
@@ -69,6 +75,9 @@ class Observation:
     approved_migration: str | None = None  # from the approval annotation
     database_error: str | None = None
     secret_error: str | None = None
+    # How long the operator has read this database without an error (since its own start
+    # at most). Until that covers a sweep threshold, a pool's silence may be the outage's.
+    database_ok_for_s: float = float("inf")
 
     def pool_of(self, pod: PodInfo) -> PoolInfo | None:
         """The newest pool registered by this pod (a restarted container registers anew)."""

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from fleet_worker.db import DatabaseUnavailableError, Schema, connect
 from fleet_worker.migrate import applied_migrations
 from fleet_worker.pools import pools_report
+from fleet_worker.protocol import LEASES
 from workerfleet_operator.builders import (
     ANNOTATION_TARGET,
     CONTAINER,
@@ -45,7 +47,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     workers = [c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER]
-    exit_code = finished = waiting = None
+    exit_code = finished = waiting = ended_before = None
     restarts = 0
     running = False
     if workers:
@@ -57,6 +59,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
             exit_code, finished = terminated.get("exitCode"), _dt(terminated.get("finishedAt"))
         waiting = (state.get("waiting") or {}).get("reason")
         running = "running" in state
+        ended_before = container_ended_before(state, last)
     return PodInfo(
         name=meta["name"],
         revision=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
@@ -70,7 +73,21 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         last_finished_at=finished,
         waiting_reason=waiting,
         running=running,
+        ended_before=ended_before,
     )
+
+
+def container_ended_before(state: dict[str, Any], last: dict[str, Any]) -> datetime | None:
+    """A time on the node's clock before which every process of this container has ended:
+    the current container's start (all earlier ones ended first), else the end of the one
+    that terminated. The kubelet truncates these to the second, which only moves them
+    earlier: a process that started after them is never taken for ended."""
+    if "running" in state:
+        return _dt((state["running"] or {}).get("startedAt"))
+    terminated = state.get("terminated") or last.get("terminated")
+    if terminated:
+        return _dt(terminated.get("finishedAt"))
+    return None
 
 
 def job_info(job: dict[str, Any]) -> JobInfo:
@@ -108,6 +125,8 @@ def pool_info(row: dict[str, Any]) -> PoolInfo:
         started_at=_dt(row["started_at"]) or datetime.now(UTC),
         catalog=tuple(MigrationInfo(str(m["id"]), bool(m["breaking"])) for m in row["catalog"]),
         running_jobs=int(row["running_jobs"] or 0),
+        host_started_at=_dt(row["host_started_at"]),
+        sweep_threshold_s=row["sweep_threshold_s"],
     )
 
 
@@ -118,7 +137,14 @@ class Databases:
     def __init__(self) -> None:
         self._conns: dict[str, psycopg.Connection] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._ok_since: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def ok_for(self, url: str) -> float:
+        """Seconds of error-free reads of this database, counted from the first success
+        after the last error (or after this operator started)."""
+        since = self._ok_since.get(url)
+        return 0.0 if since is None else time.monotonic() - since
 
     def run(self, url: str, fn: Any) -> Any:
         # One lock per database: a connection is used by one reconcile at a time, and an
@@ -128,15 +154,22 @@ class Databases:
         with lock:
             conn = self._conns.get(url)
             if conn is None or conn.closed:
-                conn = connect(url, timeout=5)
+                try:
+                    conn = connect(url, timeout=5)
+                except DatabaseUnavailableError:
+                    self._ok_since.pop(url, None)
+                    raise
                 self._conns[url] = conn
             try:
-                return fn(conn)
+                result = fn(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 with contextlib.suppress(Exception):
                     conn.close()
                 self._conns.pop(url, None)
+                self._ok_since.pop(url, None)
                 raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
+            self._ok_since.setdefault(url, time.monotonic())
+            return result
 
     def close(self) -> None:
         with self._lock:
@@ -205,7 +238,12 @@ def observe(
 
     def read(conn: psycopg.Connection) -> tuple[list[Any], list[dict[str, Any]]]:
         applied = applied_migrations(conn, schema)
-        rows = pools_report(conn, schema, threshold, recent_only=True) if applied else []
+        leased = any(m.id == LEASES for m in applied)
+        rows = (
+            pools_report(conn, schema, threshold, recent_only=True, leased=leased)
+            if applied
+            else []
+        )
         return applied, rows
 
     try:
@@ -217,6 +255,7 @@ def observe(
             base,
             applied=tuple(MigrationInfo(m.id, m.breaking) for m in applied),
             pools=tuple(pool_info(r) for r in rows),
+            database_ok_for_s=dbs.ok_for(url),
         ),
         url,
     )

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from fleet_worker.protocol import CORE_PROTOCOL
 from workerfleet_operator.models import Condition, SchemaStatus, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import (
     EXIT_OUT_OF_DATE,
@@ -29,7 +30,6 @@ from workerfleet_operator.observation import (
 )
 
 APPROVAL_ANNOTATION = "workerfleet.dev/approve-migration"
-CORE_PROTOCOL = "core/0001"  # creates the pools table; a fresh database needs it first
 
 
 # -- actions ------------------------------------------------------------------------------
@@ -136,10 +136,14 @@ def catalog_of(
 
 
 def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
-    """Live-state pools of this fleet whose process Kubernetes saw end. Decided without
-    comparing clocks (node and database clocks may differ): a pod that is gone, or whose
-    worker container is not running, has no live process; a running container that
-    restarted has one, the newest pool of its pod, and every older one ended."""
+    """Live-state pools of this fleet whose process provably ended, released at once rather
+    than after their lease. Proofs, and only these: the pool started (on its host's clock)
+    before a time by which the kubelet says every process of its container had ended (the
+    current container's start, or the last one's finish; same node, same clock); or its pod
+    restarted and a newer pool of the pod exists (one process per container at a time).
+    Not proofs: a container not reported running (the kubelet reports a new one late), and
+    a pod that is gone (force-deleted pods vanish while their process may still run). Those
+    pools are left to the sweep, which waits for their own lease."""
     pods = {p.name: p for p in obs.pods}
     by_pod: dict[str, list[PoolInfo]] = {}
     for pool in obs.pools:
@@ -148,10 +152,16 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
     ended: list[PoolInfo] = []
     for pod_name, pools in by_pod.items():
         pod = pods.get(pod_name)
-        if pod is None or not pod.running:
-            ended += pools
-        elif pod.restarts > 0:
-            ended += sorted(pools, key=lambda p: p.started_at)[:-1]
+        if pod is None:
+            continue
+        newest = max(pools, key=lambda p: p.started_at)
+        for pool in pools:
+            before = pod.ended_before
+            if pool.host_started_at is not None and before is not None:
+                if pool.host_started_at < before:
+                    ended.append(pool)
+            elif pod.restarts > 0 and pool is not newest:
+                ended.append(pool)
     return ended
 
 
@@ -540,10 +550,33 @@ class _Planner:
                 DeletePod(victim.name, f"drain before {breaking.id}"), "WaitingForDrain", msg,
                 schema=waiting,
             )  # fmt: skip
+        left = self._probation_left()
+        if left > 0:
+            msg = (
+                f"{breaking.id} waits {left:.0f}s more: the database was unreachable until "
+                f"{self.obs.database_ok_for_s:.0f}s ago, and pools are judged by their "
+                "silence only after one sweep threshold of successful reads"
+            )
+            return self.finish(
+                NoAction("on probation after a database outage"), "WaitingForDrain", msg,
+                schema=("False", "WaitingForDrain", msg),
+            )  # fmt: skip
         blockers = [p for p in self.obs.pools if p.live and not p.knows(breaking.id)]
         if not blockers:
             return self._migrate(self.pending[-1].id, breaking=True)
         return self._wait_or_evict(breaking, blockers)
+
+    def _probation_left(self) -> float:
+        """Seconds until the operator may take pools' silence for their end: one threshold
+        (the longest any live-state pool registered, at least the fleet's) of error-free
+        reads, since during an outage every pool looks silent."""
+        thresholds = [
+            p.sweep_threshold_s
+            for p in self.obs.pools
+            if p.state in LIVE_POOL_STATES and p.sweep_threshold_s is not None
+        ]
+        threshold = max([self.spec.seconds("sweep_threshold"), *thresholds])
+        return max(0.0, threshold - self.obs.database_ok_for_s)
 
     def _wait_or_evict(self, breaking: MigrationInfo, blockers: list[PoolInfo]) -> Plan:
         status, spec = self.status, self.spec

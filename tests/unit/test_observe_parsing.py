@@ -36,6 +36,26 @@ def test_pod_with_a_restarted_worker_container() -> None:
     assert info.restarts == 2 and info.last_exit_code == 57
     assert info.last_finished_at == datetime(2026, 11, 29, 10, 1, tzinfo=UTC)
     assert info.waiting_reason == "CrashLoopBackOff" and not info.terminating
+    # Every process of it ended by the last finish (node clock).
+    assert info.ended_before == datetime(2026, 11, 29, 10, 1, tzinfo=UTC)
+
+
+def test_the_running_container_bounds_which_processes_ended() -> None:
+    running = {"running": {"startedAt": "2026-11-29T10:02:00Z"}}
+    last = {"terminated": {"exitCode": 137, "finishedAt": "2026-11-29T10:01:59Z"}}
+    pod = {
+        "metadata": {"name": "p", "creationTimestamp": "2026-11-29T10:00:00Z"},
+        "status": {
+            "containerStatuses": [
+                {"name": "worker", "restartCount": 1, "state": running, "lastState": last}
+            ]
+        },
+    }
+    info = pod_info(pod)
+    assert info.running and info.ended_before == datetime(2026, 11, 29, 10, 2, tzinfo=UTC)
+    # Never started (no state yet): nothing is known to have ended.
+    pod["status"] = {"containerStatuses": [{"name": "worker", "state": {"waiting": {}}}]}
+    assert pod_info(pod).ended_before is None
 
 
 def test_pending_pod_without_status() -> None:

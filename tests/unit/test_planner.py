@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleet_worker.protocol import CORE_PROTOCOL
 from workerfleet_operator.models import WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
 from workerfleet_operator.planner import (
@@ -26,7 +27,7 @@ from workerfleet_operator.planner import (
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 OLD, NEW = "rev-old", "rev-new"
-CORE = MigrationInfo("core/0001", False)
+CORE = MigrationInfo(CORE_PROTOCOL, False)  # the core migrations a pool needs to register
 SAFE = MigrationInfo("app/0002", False)
 BREAKING = MigrationInfo("app/0003", True)
 V1 = (CORE,)
@@ -123,7 +124,7 @@ def test_a_new_fleet_starts_one_pod_to_learn_its_migrations_then_scales() -> Non
     assert cond(first, "MigrationsApplied") == ("Unknown", "CatalogUnknown")
     p0 = pod("p0", NEW, ready=False, version="1")
     install = run(s, Observation(pods=(p0,), pools=(), applied=()))
-    assert isinstance(install.action, RunMigration) and install.action.to == "core/0001"
+    assert isinstance(install.action, RunMigration) and install.action.to == CORE_PROTOCOL
     waiting = run(s, Observation(pods=(p0,), pools=(), applied=(CORE,)))
     assert isinstance(waiting.action, NoAction)
     registered = Observation(
@@ -288,26 +289,43 @@ def test_a_failed_migration_job_stops_the_rollout() -> None:
 
 def test_a_terminated_container_releases_its_pool_at_once() -> None:
     pods, pools = old_fleet()
-    # Crash-looping: the container is not running, so its pool has no process.
-    crashed = replace(pods[0], running=False, restarts=1, last_exit_code=137)
-    obs = Observation(pods=(crashed, *pods[1:]), pools=tuple(pools), applied=V1)
+    on_host = [replace(p, host_started_at=NOW - timedelta(seconds=90)) for p in pools]
+    # The container ended after the pool started (same node clock): no process is left.
+    crashed = replace(pods[0], running=False, restarts=1, last_exit_code=137,
+                      ended_before=NOW - timedelta(seconds=5))  # fmt: skip
+    obs = Observation(pods=(crashed, *pods[1:]), pools=tuple(on_host), applied=V1)
     p = run(spec(version="1"), obs)
     assert p.action == ReleasePools((pools[0].pool_id,), "its container terminated")
-    # Restarted and running again: the older pool ended, the newest is the live process.
-    restarted = replace(pods[0], restarts=1)
-    newer = replace(pools[0], pool_id="pool-new", started_at=NOW - timedelta(seconds=1))
-    obs = Observation(pods=(restarted, *pods[1:]), pools=(*pools, newer), applied=V1)
+    # Restarted and running again since after the pool started: that pool's process ended,
+    # the pool the new container registered (started later) is the live one.
+    restarted = replace(pods[0], restarts=1, ended_before=NOW - timedelta(seconds=3))
+    newer = replace(on_host[0], pool_id="pool-new", started_at=NOW - timedelta(seconds=1),
+                    host_started_at=NOW - timedelta(seconds=2))  # fmt: skip
+    obs = Observation(pods=(restarted, *pods[1:]), pools=(*on_host, newer), applied=V1)
     assert run(spec(version="1"), obs).action == ReleasePools(
         (pools[0].pool_id,), "its container terminated"
     )
-    # A pod that is gone took its process with it.
-    obs = Observation(pods=tuple(pods[1:]), pools=tuple(pools), applied=V1)
+    # Pools that registered no host start (older releases): the restart count still proves
+    # that every pool but the newest of a restarted pod ended.
+    legacy_newer = replace(pools[0], pool_id="pool-new", started_at=NOW - timedelta(seconds=1))
+    obs = Observation(pods=(replace(pods[0], restarts=1), *pods[1:]),
+                      pools=(*pools, legacy_newer), applied=V1)  # fmt: skip
     assert run(spec(version="1"), obs).action == ReleasePools(
         (pools[0].pool_id,), "its container terminated"
     )
     # Pools of another fleet sharing the schema are never touched.
-    foreign = replace(pools[0], fleet="elsewhere/shop")
-    obs = Observation(pods=(crashed, *pods[1:]), pools=(foreign, *pools[1:]), applied=V1)
+    foreign = replace(on_host[0], fleet="elsewhere/shop")
+    obs = Observation(pods=(crashed, *pods[1:]), pools=(foreign, *on_host[1:]), applied=V1)
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_a_pool_younger_than_its_container_end_is_not_released() -> None:
+    """Status lags: the kubelet still shows the last container terminated while the next
+    one already started and registered; that pool started after the finish, so it lives."""
+    pods, pools = old_fleet()
+    lagging = replace(pods[0], running=False, restarts=2, ended_before=NOW - timedelta(seconds=4))
+    fresh = replace(pools[0], host_started_at=NOW - timedelta(seconds=2))
+    obs = Observation(pods=(lagging, *pods[1:]), pools=(fresh, *pools[1:]), applied=V1)
     assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
 
 
@@ -480,7 +498,49 @@ def test_invariants(case: tuple[WorkerFleetSpec, Observation, WorkerFleetStatus,
 def test_a_fresh_database_gets_the_core_protocol_from_the_target_image() -> None:
     p0 = pod("p0", NEW, ready=False, version="1")
     step = run(spec(version="1"), Observation(pods=(p0,), pools=(), applied=()))
-    assert isinstance(step.action, RunMigration) and step.action.to == "core/0001"
-    job = JobInfo("j", "core/0001", NEW, active=True, succeeded=False, failed=False)
+    assert isinstance(step.action, RunMigration) and step.action.to == CORE_PROTOCOL
+    job = JobInfo("j", CORE_PROTOCOL, NEW, active=True, succeeded=False, failed=False)
     held = run(spec(version="1"), Observation(pods=(p0,), pools=(), applied=(), jobs=(job,)))
     assert isinstance(held.action, NoAction)
+
+
+def test_a_container_not_yet_reported_running_keeps_its_pool() -> None:
+    """A real kubelet reports a new or restarted container up to a second after its process
+    started and registered: 'not running' is no proof that the process ended."""
+    pods, pools = old_fleet()
+    just_started = replace(pods[0], running=False, restarts=1)
+    obs = Observation(pods=(just_started, *pods[1:]), pools=tuple(pools), applied=V1)
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_a_pod_that_is_gone_is_left_to_the_sweep() -> None:
+    """A force-deleted pod (grace period 0) vanishes from the API while its process may still
+    run on the node: only the pool's own lease can tell."""
+    pods, pools = old_fleet()
+    obs = Observation(pods=tuple(pods[1:]), pools=tuple(pools), applied=V1)
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_after_a_database_outage_silence_is_not_taken_for_a_drain() -> None:
+    """Right after the operator could read the database again, the outdated pools look
+    silent because the database was away, not because they stopped: no breaking migration
+    and no eviction until the reads have succeeded for one sweep threshold."""
+    new = [pod(f"new-{i}", NEW, ready=False) for i in range(3)]
+    new_pools = [pool(p.name, V3, state="waiting-for-schema", version="2") for p in new]
+    silent_old = pool(None, V2, version="1", fleet="", live=False)  # stale heartbeat
+    obs = Observation(
+        pods=tuple(new), pools=(*new_pools, silent_old), applied=V2, database_ok_for_s=5
+    )
+    held = run(spec(), obs)
+    assert not isinstance(held.action, RunMigration | EvictOutdated)
+    assert "sweep threshold" in held.status.message
+    # Once the reads have held for a threshold (60 s), silence is real.
+    later = run(spec(), replace(obs, database_ok_for_s=61))
+    assert isinstance(later.action, RunMigration) and later.action.breaking
+    # The wait's eviction is held back the same way.
+    laptop = pool(None, V2, version="1", fleet="")
+    obs = replace(obs, pools=(*new_pools, laptop), database_ok_for_s=61)
+    waiting = run(spec(), obs)
+    expired = replace(obs, database_ok_for_s=5)
+    late = run(spec(), expired, previous=waiting.status, now=NOW + timedelta(minutes=11))
+    assert not isinstance(late.action, EvictOutdated)
