@@ -32,11 +32,23 @@ def _label_value(text: str) -> str:
     return value or "none"
 
 
-def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
+# Defaults every worker and migration pod gets unless its template says otherwise (the
+# restricted Pod Security Standard); the CRD refuses privileged containers outright.
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _database_env(spec: WorkerFleetSpec) -> list[dict[str, Any]]:
     ref = spec.database.secret_ref
     return [
         {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
         {"name": "FLEET_SCHEMA", "value": spec.schema_name},
+    ]
+
+
+def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
+    return [
+        *_database_env(spec),
         {"name": "WORKER_VERSION", "value": spec.version},
         {"name": "WORKER_IMAGE", "value": spec.image_ref},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -45,6 +57,38 @@ def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *spec.template.env,
     ]
+
+
+def _container_extras(spec: WorkerFleetSpec) -> dict[str, Any]:
+    """What the template sets on every container the operator runs: security (over the
+    locked-down defaults) and resources."""
+    t = spec.template
+    security = dict(CONTAINER_SECURITY)
+    if t.container_security_context is not None:
+        security.update(t.container_security_context.model_dump(by_alias=True, exclude_none=True))
+    extras: dict[str, Any] = {"securityContext": security}
+    if t.resources is not None:
+        extras["resources"] = t.resources
+    return extras
+
+
+def _pod_extras(spec: WorkerFleetSpec) -> dict[str, Any]:
+    """What the template sets on every pod the operator runs, worker or migration Job: where
+    it may be scheduled, as whom it runs, where its image comes from."""
+    t = spec.template
+    optional = {
+        "nodeSelector": t.node_selector or None,
+        "tolerations": t.tolerations or None,
+        "affinity": t.affinity,
+        "serviceAccountName": t.service_account_name,
+        "imagePullSecrets": t.image_pull_secrets or None,
+        "priorityClassName": t.priority_class_name,
+    }
+    return {
+        "securityContext": {**POD_SECURITY, **(t.security_context or {})},
+        "automountServiceAccountToken": t.automount_service_account_token,
+        **{k: v for k, v in optional.items() if v is not None},
+    }
 
 
 def worker_args(name: str, spec: WorkerFleetSpec, namespace: str) -> list[str]:
@@ -66,7 +110,6 @@ def worker_args(name: str, spec: WorkerFleetSpec, namespace: str) -> list[str]:
 
 
 def _pod_spec(name: str, spec: WorkerFleetSpec, namespace: str) -> dict[str, Any]:
-    t = spec.template
     port = spec.health_port
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -86,28 +129,15 @@ def _pod_spec(name: str, spec: WorkerFleetSpec, namespace: str) -> dict[str, Any
             "failureThreshold": 3,
             "initialDelaySeconds": 10,
         },
+        **_container_extras(spec),
     }
-    if t.resources is not None:
-        container["resources"] = t.resources
-    if t.container_security_context is not None:
-        container["securityContext"] = t.container_security_context
-    pod: dict[str, Any] = {
+    return {
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": int(spec.seconds("graceful_shutdown_timeout"))
         + GRACE_MARGIN_S,
         "containers": [container],
+        **_pod_extras(spec),
     }
-    optional = {
-        "nodeSelector": t.node_selector or None,
-        "tolerations": t.tolerations or None,
-        "affinity": t.affinity,
-        "securityContext": t.security_context,
-        "serviceAccountName": t.service_account_name,
-        "imagePullSecrets": t.image_pull_secrets or None,
-        "priorityClassName": t.priority_class_name,
-    }
-    pod.update({k: v for k, v in optional.items() if v is not None})
-    return pod
 
 
 def revision(name: str, spec: WorkerFleetSpec, namespace: str) -> str:
@@ -157,7 +187,9 @@ def worker_pod(
 
 
 def migration_job(name: str, uid: str, spec: WorkerFleetSpec, rev: str, to: str) -> dict[str, Any]:
-    ref = spec.database.secret_ref
+    """The Job that migrates to `to`, from the target image, scheduled and secured as the
+    worker pods are (a Job the registry, the namespace's policy or the nodes refuse would
+    leave the fleet migrating forever)."""
     container: dict[str, Any] = {
         "name": "migrate",
         "image": spec.image_ref,
@@ -169,14 +201,9 @@ def migration_job(name: str, uid: str, spec: WorkerFleetSpec, rev: str, to: str)
             "--sweep-threshold", spec.sweep_threshold,
             "--force-after", spec.max_migration_wait_time,
         ],
-        "env": [
-            {"name": "DATABASE_URL",
-             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
-            {"name": "FLEET_SCHEMA", "value": spec.schema_name},
-        ],
+        "env": [*_database_env(spec), *spec.template.env],
+        **_container_extras(spec),
     }  # fmt: skip
-    if spec.template.container_security_context is not None:
-        container["securityContext"] = spec.template.container_security_context
     labels = {
         LABEL_FLEET: name,
         LABEL_REVISION: rev,
@@ -193,11 +220,16 @@ def migration_job(name: str, uid: str, spec: WorkerFleetSpec, rev: str, to: str)
             "ownerReferences": [_owner(name, uid)],
         },
         "spec": {
-            "backoffLimit": 1,
+            "backoffLimit": spec.migration_job.backoff_limit,
+            "activeDeadlineSeconds": spec.migration_job.active_deadline_seconds,
             "ttlSecondsAfterFinished": 3600,
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"restartPolicy": "Never", "containers": [container]},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    **_pod_extras(spec),
+                },
             },
         },
     }

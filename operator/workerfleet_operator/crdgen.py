@@ -31,6 +31,7 @@ from workerfleet_operator.models import (
     ROLLOUT_VALIDATIONS,
     SHORT_NAMES,
     SPEC_VALIDATIONS,
+    TEMPLATE_VALIDATIONS,
     VERSION,
     WorkerFleetSpec,
     WorkerFleetStatus,
@@ -203,7 +204,16 @@ def to_structural(
     node, seen, nullable = _flatten(node, defs, path, _seen)
     out = _keywords(node, path, nullable=nullable, keep_defaults=keep_defaults)
     if node.get("preserve"):
-        return _order(_preserved(out, node, defs, path))
+        out = _preserved(out, node, defs, path)
+        if out.get("type") == "object" and node.get("properties"):
+            # Kept as written, but the typed fields are visible to CEL rules.
+            out["properties"] = {
+                name: to_structural(
+                    sch, defs, path=f"{path}.{name}", keep_defaults=keep_defaults, _seen=seen
+                )
+                for name, sch in node["properties"].items()
+            }
+        return _order(out)
 
     def sub(child: JSON, where: str) -> JSON:
         return to_structural(child, defs, path=where, keep_defaults=keep_defaults, _seen=seen)
@@ -271,6 +281,7 @@ def spec_schema() -> JSON:
     spec.setdefault("description", "Desired state: the release to run and how to roll it out.")
     spec["x-kubernetes-validations"] = copy.deepcopy(SPEC_VALIDATIONS)
     spec["properties"]["rollout"]["x-kubernetes-validations"] = copy.deepcopy(ROLLOUT_VALIDATIONS)
+    spec["properties"]["template"]["x-kubernetes-validations"] = copy.deepcopy(TEMPLATE_VALIDATIONS)
     return _order(spec)
 
 

@@ -56,6 +56,14 @@ class RolloutSpec(Model):
     )
 
 
+class ContainerSecurityContext(Model):
+    """A core/v1 SecurityContext, kept as written; typed only where the CRD checks it."""
+
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="allow")
+
+    privileged: bool | None = None
+
+
 class PodTemplate(Model):
     """What users may set on worker pods; the operator owns the rest."""
 
@@ -71,12 +79,28 @@ class PodTemplate(Model):
     )
     affinity: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
     security_context: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
-    container_security_context: dict[str, Any] | None = Field(
+    container_security_context: ContainerSecurityContext | None = Field(
         None, json_schema_extra={"preserve": True}
     )
     service_account_name: str | None = Field(None, max_length=253)
+    automount_service_account_token: bool = Field(
+        False,
+        description="mount the service account's API token into worker and migration pods; "
+        "off by default: workers need no Kubernetes API",
+    )
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
     priority_class_name: str | None = None
+
+
+class MigrationJobSpec(Model):
+    active_deadline_seconds: int = Field(
+        1800,
+        ge=60,
+        le=604800,
+        description="the migration Job fails after this long (it includes any wait of a "
+        "breaking migration, so it must exceed maxMigrationWaitTime)",
+    )
+    backoff_limit: int = Field(1, ge=0, le=10, description="retries of a failed migration pod")
 
 
 class WorkerFleetSpec(Model):
@@ -118,6 +142,9 @@ class WorkerFleetSpec(Model):
         default_factory=RolloutSpec,
         json_schema_extra={"default": {}},
     )
+    migration_job: MigrationJobSpec = Field(
+        default_factory=MigrationJobSpec, json_schema_extra={"default": {}}
+    )
     paused: bool = Field(False, description="stop all rollout actions")
     template: PodTemplate = Field(
         default_factory=PodTemplate,
@@ -144,6 +171,23 @@ SPEC_VALIDATIONS = [
         "message": "sweepThreshold must be at least twice heartbeatInterval, or live pools "
         "would be declared dead between heartbeats",
         "fieldPath": ".sweepThreshold",
+    },
+    {
+        "rule": "self.migrationJob.activeDeadlineSeconds > "
+        "duration(self.maxMigrationWaitTime).getSeconds()",
+        "message": "migrationJob.activeDeadlineSeconds must exceed maxMigrationWaitTime, or "
+        "the Job would be stopped while a breaking migration still waits",
+        "fieldPath": ".migrationJob.activeDeadlineSeconds",
+    },
+]
+# What a WorkerFleet may not ask of its pods, whoever may create one (see docs/security.md).
+TEMPLATE_VALIDATIONS = [
+    {
+        "rule": "!has(self.containerSecurityContext) || "
+        "!has(self.containerSecurityContext.privileged) || "
+        "!self.containerSecurityContext.privileged",
+        "message": "privileged worker containers are refused",
+        "fieldPath": ".containerSecurityContext.privileged",
     },
 ]
 ROLLOUT_VALIDATIONS = [

@@ -64,6 +64,7 @@ class JobInfo:
     succeeded: bool
     failed: bool
     message: str = ""
+    blocked: str = ""  # why its pod cannot start (image pull, config, scheduling, admission)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,13 @@ from workerfleet_operator.builders import (
     LABEL_REVISION,
 )
 from workerfleet_operator.models import GROUP, WorkerFleetSpec
-from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
+from workerfleet_operator.observation import (
+    JobInfo,
+    MigrationInfo,
+    Observation,
+    PodInfo,
+    PoolInfo,
+)
 from workerfleet_operator.planner import APPROVAL_ANNOTATION
 
 
@@ -105,6 +111,73 @@ def job_info(job: dict[str, Any]) -> JobInfo:
         failed=failed is not None,
         message=f"{failed.get('reason')}: {failed.get('message')}" if failed else "",
     )
+
+
+# Waiting reasons that do not go away by waiting a few seconds more.
+BLOCKED_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why this pod cannot start, in the kubelet's or the scheduler's words, or None."""
+    status = pod.get("status") or {}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKED_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return f"{c.get('reason') or 'Unschedulable'}: {c.get('message') or 'no message'}"
+    return None
+
+
+def _job_blockers(
+    core: client.CoreV1Api, namespace: str, selector: str, jobs: list[JobInfo]
+) -> dict[str, str]:
+    """For active Jobs: why their pod cannot start. A Job without any pod was refused at pod
+    creation (admission, quota): its FailedCreate Event says why. Read only while a Job is
+    active, so an idle fleet costs nothing here."""
+    active = [j.name for j in jobs if j.active]
+    if not active:
+        return {}
+    pods = items(
+        core.list_namespaced_pod(
+            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=migration",
+            _preload_content=False,
+        )
+    )  # fmt: skip
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        owner = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+        if owner is not None:
+            by_job.setdefault(owner, []).append(pod)
+    blocked: dict[str, str] = {}
+    for name in active:
+        job_pods = by_job.get(name, [])
+        problems = [p for p in (pod_problem(pod) for pod in job_pods) if p]
+        if job_pods and len(problems) == len(job_pods):
+            blocked[name] = problems[-1]
+        elif not job_pods:
+            events = items(
+                core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={name},reason=FailedCreate",
+                    _preload_content=False,
+                )
+            )  # fmt: skip
+            if events:
+                last = max(events, key=lambda e: e.get("lastTimestamp") or "")
+                blocked[name] = f"FailedCreate: {last.get('message') or 'no message'}"
+    return blocked
 
 
 def items(response: Any) -> list[dict[str, Any]]:
@@ -222,11 +295,13 @@ def observe(
             _preload_content=False,
         )
     )  # fmt: skip
+    job_infos = [job_info(j) for j in jobs]
+    blocked = _job_blockers(core, namespace, selector, job_infos)
     base = Observation(
         pods=tuple(pod_info(p) for p in pods),
         pools=(),
         applied=(),
-        jobs=tuple(job_info(j) for j in jobs),
+        jobs=tuple(replace(j, blocked=blocked.get(j.name, "")) for j in job_infos),
         approved_migration=annotations.get(APPROVAL_ANNOTATION),
     )
     try:

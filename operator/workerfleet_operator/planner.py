@@ -428,8 +428,18 @@ class _Planner:
         return self.finish(NoAction(msg), "Failed", msg, progressing=refused)
 
     def _failed_migration(self) -> Plan | None:
-        job = next((j for j in self.obs.jobs if j.revision == self.revision and j.failed), None)
-        if job is None or not self.pending:
+        """A failed Job of this revision whose target is not applied, whatever the phase
+        (also the protocol install, before any catalog is known): never re-created."""
+        applied = {m.id for m in self.obs.applied}
+        job = next(
+            (
+                j
+                for j in self.obs.jobs
+                if j.revision == self.revision and j.failed and j.target not in applied
+            ),
+            None,
+        )
+        if job is None:
             return None
         msg = f"migration Job {job.name} failed: {job.message or 'see its pod logs'}"
         if self.previous.phase != "Failed":
@@ -474,8 +484,9 @@ class _Planner:
             if self.new and CORE_PROTOCOL not in {m.id for m in self.obs.applied}:
                 # A fresh database has no pools table for the new pod to register in: install
                 # the core protocol (always safe) from the target image first.
-                if self._job(active=True) is not None:
-                    return self.finish(
+                installing = self._job(active=True)
+                if installing is not None:
+                    return self._blocked_job(installing) or self.finish(
                         NoAction("installing"),
                         "Migrating",
                         f"installing the {CORE_PROTOCOL} protocol schema",
@@ -492,6 +503,9 @@ class _Planner:
             return None
         running = self._job(active=True)
         if running is not None:
+            blocked = self._blocked_job(running)
+            if blocked is not None:
+                return blocked
             msg = f"migration Job {running.name} is applying up to {running.target}"
             return self.finish(
                 NoAction("migration running"), "Migrating", msg,
@@ -505,6 +519,20 @@ class _Planner:
         if safe_prefix:
             return self._migrate(safe_prefix[-1].id, breaking=False)
         return self._breaking(self.pending[0])
+
+    def _blocked_job(self, job: JobInfo) -> Plan | None:
+        """A Job whose pod cannot start says why; it is left in place (it starts once the
+        image or the quota is there), and the progress deadline still applies."""
+        if not job.blocked:
+            return None
+        msg = f"migration Job {job.name} cannot start: {job.blocked}"
+        if _reason(self.previous, "MigrationsApplied") != "MigrationJobBlocked":
+            self.event("Warning", "MigrationJobBlocked", msg)
+        return self.finish(
+            NoAction(msg), "Migrating", msg,
+            progressing=("False", "MigrationJobBlocked"),
+            schema=("False", "MigrationJobBlocked", msg),
+        )  # fmt: skip
 
     def _migrate(self, to: str, *, breaking: bool) -> Plan:
         if self._job(target=to, succeeded=True) is not None:

@@ -10,6 +10,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.e2e.kind_backend import ClusterLike
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
-    apply_deploy_base,
+    apply_deploy,
     register_operator_image,
     wait_until,
 )
@@ -261,6 +262,28 @@ def test_invalid_specs_are_rejected_with_a_readable_message(fleet: FleetEnv) -> 
     with pytest.raises(ApiError) as bad:
         fleet.apply("not a version!")
     assert "spec.version" in bad.value.body
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", template={"containerSecurityContext": {"privileged": True}})
+    assert "privileged worker containers are refused" in bad.value.body
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", maxMigrationWaitTime="2h", migrationJob={"activeDeadlineSeconds": 600})
+    assert "activeDeadlineSeconds must exceed maxMigrationWaitTime" in bad.value.body
+
+
+def test_a_migration_job_that_cannot_pull_its_image_is_a_condition(fleet: FleetEnv) -> None:
+    """A fresh database gets the protocol from a Job of the target image: when that image
+    cannot be pulled, the status says so, instead of waiting for the progress deadline."""
+    fleet.apply("1", image="registry.invalid/no-such-image")
+
+    def blocked() -> dict[str, Any] | None:
+        found = fleet.condition("MigrationsApplied")
+        return found if found and found["reason"] == "MigrationJobBlocked" else None
+
+    found = wait_until(blocked, 60, "MigrationJobBlocked")
+    assert "ErrImagePull" in found["message"]
+    assert fleet.condition("Progressing")["reason"] == "MigrationJobBlocked"  # type: ignore[index]
+    reasons = [e["reason"] for e in fleet.events()]
+    assert reasons.count("MigrationJobBlocked") == 1 and "ActionFailed" not in reasons
 
 
 def test_a_missing_secret_is_a_condition_that_names_it(fleet: FleetEnv) -> None:
@@ -275,17 +298,19 @@ def test_a_missing_secret_is_a_condition_that_names_it(fleet: FleetEnv) -> None:
     assert fleet.pods() == []
 
 
+@pytest.mark.parametrize("install", ["deploy", "deploy/namespaced"])
 def test_the_operator_from_deploy_runs_under_its_service_account(
-    fleet: FleetEnv, operator: OperatorProcess, local_cluster: ClusterLike
+    fleet: FleetEnv, operator: OperatorProcess, local_cluster: ClusterLike, install: str
 ) -> None:
     """Deployed from deploy/ (namespace, ServiceAccount, least-privilege RBAC, Deployment),
-    the operator runs as a pod with its own token and completes a rollout: the RBAC is
-    enough. The admin-run operator is stopped meanwhile so only the pod acts."""
+    cluster-wide or confined to the fleet's namespace, the operator runs as a pod with its
+    own token and completes a rollout: the RBAC is enough. The admin-run operator is
+    stopped meanwhile so only the pod acts."""
     register_operator_image(local_cluster)
     operator.stop()
     deployment = "/apis/apps/v1/namespaces/workerfleet-system/deployments/workerfleet-operator"
     try:
-        apply_deploy_base(fleet.client)
+        apply_deploy(fleet.client, install, watched=fleet.ns if "namespaced" in install else None)
 
         def operator_pod_ready() -> bool:
             pods = fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"]

@@ -26,6 +26,7 @@ from workerfleet_operator.models import (
     SCHEMA_PATTERN,
     SHORT_NAMES,
     SPEC_VALIDATIONS,
+    TEMPLATE_VALIDATIONS,
     VERSION,
     VERSION_PATTERN,
     WorkerFleetSpec,
@@ -182,8 +183,12 @@ def test_schema_is_structural(crd: dict[str, Any]) -> None:
 
 def test_preserved_fields_keep_unknown_fields(crd: dict[str, Any]) -> None:
     template = _spec(crd)["properties"]["template"]["properties"]
-    for name in ("resources", "affinity", "securityContext", "containerSecurityContext"):
+    for name in ("resources", "affinity", "securityContext"):
         assert template[name] == {"type": "object", "nullable": True, PRESERVE: True}, name
+    # Kept as written, with the one field a CEL rule reads typed.
+    security = template["containerSecurityContext"]
+    assert security[PRESERVE] is True and security["type"] == "object"
+    assert security["properties"] == {"privileged": {"type": "boolean", "nullable": True}}
     for name in ("env", "tolerations"):
         assert template[name] == {
             "type": "array",
@@ -311,11 +316,23 @@ def test_cel_rules_are_attached_and_name_real_fields(crd: dict[str, Any]) -> Non
         assert _rule_fields(validation["rule"]) <= rollout["default"].keys()
 
 
-def test_duration_rule_uses_duration_fields(crd: dict[str, Any]) -> None:
+def test_duration_rules_use_duration_fields(crd: dict[str, Any]) -> None:
     spec = _spec(crd)
-    [rule] = spec["x-kubernetes-validations"]
-    assert _rule_fields(rule["rule"]) <= set(DURATION_FIELDS)
-    assert rule["fieldPath"].lstrip(".") in spec["properties"]
+    for rule in spec["x-kubernetes-validations"]:
+        fields = _rule_fields(rule["rule"])
+        # duration() of a field that is not a duration would fail at admission time.
+        for match in re.findall(r"duration\(self\.([A-Za-z]+)\)", rule["rule"]):
+            assert match in DURATION_FIELDS, match
+        assert fields <= set(DURATION_FIELDS) | {"migrationJob"}
+        assert rule["fieldPath"].lstrip(".").split(".")[0] in spec["properties"]
+
+
+def test_template_rules_refuse_privileged_containers(crd: dict[str, Any]) -> None:
+    template = _spec(crd)["properties"]["template"]
+    assert template["x-kubernetes-validations"] == TEMPLATE_VALIDATIONS
+    for validation in TEMPLATE_VALIDATIONS:
+        for name in _rule_fields(validation["rule"]):
+            assert name in template["properties"], name
 
 
 # --- the converter refuses what a CRD cannot express ----------------------------------------

@@ -26,10 +26,10 @@ SERVICE_ACCOUNT = "workerfleet-operator"
 EXPECTED_RULES: set[tuple[str, str, frozenset[str]]] = {
     (GROUP, PLURAL, frozenset({"get", "list", "watch", "patch", "update"})),
     (GROUP, f"{PLURAL}/status", frozenset({"get", "patch", "update"})),
-    ("", "pods", frozenset({"get", "list", "watch", "create", "delete", "patch"})),
+    ("", "pods", frozenset({"get", "list", "watch", "create", "delete"})),
     ("batch", "jobs", frozenset({"get", "list", "watch", "create", "delete"})),
     ("", "secrets", frozenset({"get"})),
-    ("", "events", frozenset({"create", "patch"})),
+    ("", "events", frozenset({"create", "patch", "list"})),
     ("events.k8s.io", "events", frozenset({"create", "patch"})),
     ("apiextensions.k8s.io", "customresourcedefinitions", frozenset({"get", "list", "watch"})),
 }
@@ -113,6 +113,64 @@ def test_rbac_is_exactly_the_least_privilege_set(
                 granted.add((group, resource, frozenset(rule["verbs"])))
     assert granted == EXPECTED_RULES
     assert len(granted) == len(role["rules"]), "one rule per (group, resource), no duplicates"
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, frozenset[str]]]:
+    return {
+        (group, resource, frozenset(rule["verbs"]))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+@pytest.fixture(scope="module")
+def namespaced() -> dict[tuple[str, str], dict[str, Any]]:
+    return _objects(DEPLOY / "namespaced")
+
+
+def test_namespaced_install_grants_the_same_rules_in_one_namespace(
+    base: dict[tuple[str, str], dict[str, Any]],
+    namespaced: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    watched = "workerfleet-apps"
+    assert set(namespaced) == {
+        ("CustomResourceDefinition", f"{PLURAL}.{GROUP}"),
+        ("Namespace", NAMESPACE),
+        ("Namespace", watched),
+        ("ServiceAccount", SERVICE_ACCOUNT),
+        ("Role", "workerfleet-operator"),
+        ("RoleBinding", "workerfleet-operator"),
+        ("ClusterRole", "workerfleet-operator-crds"),
+        ("ClusterRoleBinding", "workerfleet-operator-crds"),
+        ("Deployment", "workerfleet-operator"),
+    }
+    crds = (
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        frozenset({"get", "list", "watch"}),
+    )
+    role = namespaced[("Role", "workerfleet-operator")]
+    assert role["metadata"]["namespace"] == watched
+    assert _grants(role) == EXPECTED_RULES - {crds}
+    # Cluster-wide, only what Kopf needs to discover resources: reading CRDs.
+    assert _grants(namespaced[("ClusterRole", "workerfleet-operator-crds")]) == {crds}
+    binding = namespaced[("RoleBinding", "workerfleet-operator")]
+    assert binding["metadata"]["namespace"] == watched
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
+    # The same operator Deployment, told to watch that namespace only: the two cannot drift.
+    same = base[("Deployment", "workerfleet-operator")]
+    confined = namespaced[("Deployment", "workerfleet-operator")]
+    [container] = confined["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert "--all-namespaces" not in command and f"--namespace={watched}" in command
+    expected = yaml.safe_load(
+        yaml.safe_dump(same).replace("--all-namespaces", f"--namespace={watched}")
+    )
+    assert confined == expected
 
 
 def test_binding_gives_the_role_to_the_operator_service_account(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from workerfleet_operator.builders import LABEL_REVISION
-from workerfleet_operator.observe import job_info, pod_info
+from workerfleet_operator.observe import job_info, pod_info, pod_problem
 
 
 def test_pod_with_a_restarted_worker_container() -> None:
@@ -91,3 +92,18 @@ def test_jobs_running_done_failed() -> None:
         }
     )
     assert failed.failed and "BackoffLimitExceeded" in failed.message
+
+
+def test_why_a_migration_pod_cannot_start() -> None:
+    def job_pod(status: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": "m", "labels": {"job-name": "shop-migrate"}}, "status": status}
+
+    pulling = {"containerStatuses": [{"name": "migrate", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}  # fmt: skip
+    assert pod_problem(job_pod(pulling)) == "ImagePullBackOff: Back-off pulling image"
+    unschedulable = {"conditions": [{"type": "PodScheduled", "status": "False",
+                     "reason": "Unschedulable", "message": "0/3 nodes: taint"}]}  # fmt: skip
+    assert pod_problem(job_pod(unschedulable)) == "Unschedulable: 0/3 nodes: taint"
+    starting = {"containerStatuses": [{"name": "migrate", "state": {"waiting": {
+        "reason": "ContainerCreating"}}}]}  # fmt: skip
+    assert pod_problem(job_pod(starting)) is None

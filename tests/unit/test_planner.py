@@ -544,3 +544,37 @@ def test_after_a_database_outage_silence_is_not_taken_for_a_drain() -> None:
     expired = replace(obs, database_ok_for_s=5)
     late = run(spec(), expired, previous=waiting.status, now=NOW + timedelta(minutes=11))
     assert not isinstance(late.action, EvictOutdated)
+
+
+def test_a_migration_job_that_cannot_start_is_a_condition_not_a_wait() -> None:
+    pods, pools = old_fleet()
+    new = pod("new-0", NEW, ready=False)
+    job = JobInfo("shop-migrate", "app/0002", NEW, active=True, succeeded=False, failed=False,
+                  blocked="ImagePullBackOff: Back-off pulling image shop:2")  # fmt: skip
+    obs = Observation(
+        pods=(*pods, new), jobs=(job,), applied=V1,
+        pools=(*pools, pool("new-0", V2, state="waiting-for-schema", version="2")),
+    )  # fmt: skip
+    p = run(spec(), obs)
+    assert isinstance(p.action, NoAction)
+    assert cond(p, "MigrationsApplied") == ("False", "MigrationJobBlocked")
+    assert cond(p, "Progressing") == ("False", "MigrationJobBlocked")
+    assert "ImagePullBackOff" in p.status.message and "shop-migrate" in p.status.message
+    # The protocol install on a fresh database reports the same way.
+    install = replace(job, target=CORE_PROTOCOL)
+    fresh = Observation(pods=(new,), pools=(), applied=(), jobs=(install,))
+    p = run(spec(), fresh)
+    assert cond(p, "MigrationsApplied") == ("False", "MigrationJobBlocked")
+
+
+def test_a_failed_protocol_install_is_reported_before_any_catalog_is_known() -> None:
+    """An `app` that is not a fleet_worker App fails the core install Job: that must be
+    MigrationFailed with the Job's reason, not a wait for a pod to register."""
+    new = pod("new-0", NEW, ready=False)
+    job = JobInfo("shop-migrate", CORE_PROTOCOL, NEW, active=False, succeeded=False,
+                  failed=True, message="BackoffLimitExceeded: Job has reached the specified "
+                  "backoff limit")  # fmt: skip
+    p = run(spec(), Observation(pods=(new,), pools=(), applied=(), jobs=(job,)))
+    assert isinstance(p.action, NoAction) and p.status.phase == "Failed"
+    assert cond(p, "MigrationsApplied") == ("False", "MigrationFailed")
+    assert "BackoffLimitExceeded" in p.status.message

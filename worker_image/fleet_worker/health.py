@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING
+
+from fleet_worker.lease import lease_clock
 
 if TYPE_CHECKING:
     from fleet_worker.runtime import Worker
@@ -43,7 +44,7 @@ class HealthServer:
         w = self.worker
         if w.state != "active":
             return False, f"pool state is {w.state}"
-        if w.fenced or w.lease.must_fence(time.monotonic()):
+        if w.fenced or w.lease.must_fence(lease_clock()):
             return False, "no recent heartbeat"
         if w._stop.is_set():
             return False, "stopping"
@@ -75,7 +76,7 @@ class HealthServer:
             "# TYPE fleet_worker_jobs_running gauge",
             f"fleet_worker_jobs_running {len(w.running)}",
             "# TYPE fleet_worker_heartbeat_age_seconds gauge",
-            f"fleet_worker_heartbeat_age_seconds {w.lease.silent_for(time.monotonic()):.3f}",
+            f"fleet_worker_heartbeat_age_seconds {w.lease.silent_for(lease_clock()):.3f}",
             "# TYPE fleet_worker_pool_state gauge",
         ]
         for state in _STATES:

@@ -1,5 +1,5 @@
 """A pool's own view of its lease: when it must stop executing, when it must exit, and when
-it may judge other pools' silence. Pure: the runtime feeds it monotonic times.
+it may judge other pools' silence. Pure: the runtime feeds it times from `lease_clock`.
 
 Others declare a pool dead once `threshold` seconds passed on the database clock since its
 last recorded heartbeat. The heartbeat is recorded after it was sent, so measuring from the
@@ -11,9 +11,18 @@ The last 1/8 of the threshold is the safety margin for the exit and for scheduli
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 FENCE_FRACTION = 0.75
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that keeps running while the machine is suspended (a monotonic
+    clock stops then, and a thawed VM would believe its lease fresh)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 EXIT_FRACTION = 0.875
 
 

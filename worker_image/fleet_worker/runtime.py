@@ -41,7 +41,7 @@ from fleet_worker.db import (
 )
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import HealthServer
-from fleet_worker.lease import Lease
+from fleet_worker.lease import Lease, lease_clock
 from fleet_worker.pools import (
     Heartbeat,
     PoolIdentity,
@@ -292,7 +292,7 @@ class Worker:
 
     async def _register(self) -> None:
         who = PoolIdentity.from_env(fleet=self.settings.fleet, version=self.version)
-        sent = time.monotonic()
+        sent = lease_clock()
         self.pool_id = await self.maintenance.run(
             lambda c: register_pool(
                 c,
@@ -318,7 +318,7 @@ class Worker:
         self.state = state
         pool_id = self._pool()
         running = len(self.running)
-        sent = time.monotonic()
+        sent = lease_clock()
         beat = await self.maintenance.run(
             lambda c: heartbeat(
                 c, self.schema, pool_id, running_jobs=running, state=state, reason=reason
@@ -374,7 +374,7 @@ class Worker:
 
     async def _activate(self) -> Assessment:
         pool_id = self._pool()
-        sent = time.monotonic()
+        sent = lease_clock()
         state = await self.maintenance.run(
             lambda c: migrations.activate(c, self.schema, self.catalog, pool_id)
         )
@@ -401,7 +401,7 @@ class Worker:
             return
         breaking = state.first_breaking
         assert breaking is not None
-        if self.lease.on_probation(time.monotonic()):
+        if self.lease.on_probation(lease_clock()):
             # Whether the pools it waits for are silent or the outage was ours, this pool
             # cannot tell yet: no declaring dead, no eviction until it has beaten for one
             # threshold without a failure.
@@ -460,7 +460,7 @@ class Worker:
             not self._stop.is_set()
             and not self.fenced
             and self.state == "active"
-            and not self.lease.must_fence(time.monotonic())
+            and not self.lease.must_fence(lease_clock())
         )
 
     async def _fetch_loop(self) -> None:
@@ -671,7 +671,7 @@ class Worker:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            sent = time.monotonic()
+            sent = lease_clock()
             abandoned = list(self._abandoned)
             try:
                 beat, applied, released = await self.maintenance.run(
@@ -695,7 +695,7 @@ class Worker:
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 self.counters.heartbeats_failed += 1
                 self.lease.failed()
-                silent = self.lease.silent_for(time.monotonic())
+                silent = self.lease.silent_for(lease_clock())
                 log.warning("heartbeat failed (%.1fs without one): %s", silent, exc)
 
     def _beat_and_read(
@@ -721,7 +721,7 @@ class Worker:
         tick = min(self.settings.heartbeat_interval, lease.threshold / 16)
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now = lease_clock()
             if lease.must_exit(now):
                 stubborn = [r.job.id for r in self.running.values() if r.executing()]
                 if stubborn:
@@ -749,7 +749,7 @@ class Worker:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
-            if self.lease.on_probation(time.monotonic()):
+            if self.lease.on_probation(lease_clock()):
                 continue  # others' silence may be our own outage's: judge no one yet
             try:
                 result = await self.maintenance.run(
