@@ -152,6 +152,35 @@ def test_a_worker_cut_off_stops_its_jobs_before_its_lease_expires(
                 w.stop()
 
 
+def test_a_failure_that_waits_for_the_database_is_recorded_when_it_returns(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """A job that failed while its worker was cut off is no longer running: the lease must
+    not cancel its pending failure record, or the job would stay locked by a live pool."""
+    s = install(conn, schema_name)
+    [job] = add_jobs(conn, [JobSpec("fail_after", {"s": 1}, max_attempts=1)], s)
+    proxy = TcpProxy.for_url(database_url)
+    worker = WorkerProcess(proxy.url(database_url), schema_name, V1, tmp_path, *FAST)
+    try:
+        wait_for(
+            lambda: q(conn, schema_name, "select 1 from {s}.jobs where locked_by is not null"),
+            what="the job started",
+        )
+        proxy.cut()
+        wait_for(lambda: "cancelling" in worker.log(), timeout=10, what="the lease ran low")
+        proxy.restore()
+        [(error,)] = wait_for(
+            lambda: q(conn, schema_name, "select last_error from {s}.jobs where id = %s "
+                      "and locked_by is null", [job]),
+            timeout=10, what="the failure recorded",
+        )  # fmt: skip
+        assert "failed on purpose" in error
+        assert active_pools(conn, schema_name)
+    finally:
+        proxy.close()
+        worker.stop()
+
+
 def test_an_unstorable_failure_message_still_releases_the_job(
     conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
 ) -> None:

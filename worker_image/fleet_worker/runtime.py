@@ -80,9 +80,12 @@ class Running:
     task: asyncio.Task[None] | None = None
     thread: concurrent.futures.Future[Any] | None = None
     cancel_reason: str | None = None
+    recording: bool = False  # task code is done; its failure is being recorded
 
     def executing(self) -> bool:
         """Task code may still be running (a sync task's thread outlives its asyncio task)."""
+        if self.recording:
+            return False
         if self.thread is not None:
             return not self.thread.done()
         return self.task is not None and not self.task.done()
@@ -530,10 +533,13 @@ class Worker:
                 return
             # Raised by the task itself, not by the worker: a failure like any other.
             detail = "".join(traceback.format_exception_only(exc)).strip()
+            run.recording = True
             await self._fail(job, f"{detail} (raised by the task)", permanent=False)
         except PermanentJobError as exc:
+            run.recording = True
             await self._fail(job, str(exc), permanent=True)
         except Exception as exc:
+            run.recording = True
             detail = "".join(traceback.format_exception_only(exc)).strip()
             log.info(
                 "job %d (%s) attempt %d failed: %s",
@@ -554,6 +560,8 @@ class Worker:
         """Ask every running execution to stop: async tasks are cancelled; sync tasks, which
         nothing can interrupt from outside, see ctx.cancelled (ctx.sleep raises)."""
         for run in self.running.values():
+            if run.recording and reason == "lease":
+                continue  # finished: its failure record keeps trying until the database is back
             if run.cancel_reason is None:
                 run.cancel_reason = reason
             run.ctx.cancelled.set()

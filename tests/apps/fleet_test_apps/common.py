@@ -126,6 +126,11 @@ def build(version: str, migrations: str, widget_column: str) -> App:
         time.sleep(float(payload["s"]))  # ignores every request to stop
         span_end(ctx, "done")
 
+    @app.task("fail_after")
+    async def fail_after(payload: dict[str, Any]) -> None:
+        await asyncio.sleep(float(payload["s"]))
+        raise RuntimeError("failed on purpose")
+
     @app.task("nul_error")
     def nul_error(payload: Any) -> None:
         raise RuntimeError("bad\x00byte and a lone surrogate \udc80")
