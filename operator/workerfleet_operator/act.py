@@ -15,6 +15,7 @@ from fleet_worker.db import Schema
 from fleet_worker.migrate import evict_outdated_pools
 from fleet_worker.pools import declare_dead
 from workerfleet_operator import builders
+from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases
 from workerfleet_operator.planner import (
@@ -46,11 +47,13 @@ class Fleet:
         batch: client.BatchV1Api,
         custom: client.CustomObjectsApi,
         dbs: Databases,
+        events: EventRecorder,
         url: str | None,
     ) -> None:
         self.name, self.namespace, self.uid = name, namespace, uid
         self.spec, self.revision = spec, revision
         self.core, self.batch, self.custom, self.dbs, self.url = core, batch, custom, dbs, url
+        self.events = events
 
 
 def act(fleet: Fleet, action: Action) -> str:
@@ -134,32 +137,29 @@ def write_status(fleet: Fleet, status: WorkerFleetStatus) -> None:
 
 
 def post_event(fleet: Fleet, type_: str, reason: str, message: str) -> None:
-    """A core/v1 Event on the fleet, for `kubectl describe wf` and `kubectl get events`."""
-    from datetime import UTC, datetime
+    """A core/v1 Event on the fleet, for `kubectl describe wf` and `kubectl get events`;
+    repeats are aggregated (workerfleet_operator.events)."""
+    fleet.events.post(
+        namespace=fleet.namespace, name=fleet.name, uid=fleet.uid,
+        type_=type_, reason=reason, message=message,
+    )  # fmt: skip
 
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = {
-        "metadata": {"generateName": f"{fleet.name}.", "namespace": fleet.namespace},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WorkerFleet",
-            "name": fleet.name,
-            "namespace": fleet.namespace,
-            "uid": fleet.uid,
-        },
-        "type": type_,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": "workerfleet-operator"},
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "eventTime": now,
-        "action": reason,
-        "reportingComponent": "workerfleet-operator",
-        "reportingInstance": "workerfleet-operator",
-        "count": 1,
-    }
-    try:
-        fleet.core.create_namespaced_event(fleet.namespace, body)  # type: ignore[arg-type]
-    except ApiException as exc:  # an event is never worth failing a reconcile
-        log.warning("could not post event %s: %s", reason, exc.reason)
+
+MAX_LABEL_VALUE = 63
+
+
+def drain_fleet(core: client.CoreV1Api, namespace: str, name: str) -> int:
+    """Delete the fleet's worker pods gracefully (each releases its jobs); returns how many
+    are still there. A name that cannot be a label value labels no pod: nothing to drain."""
+    if len(name) > MAX_LABEL_VALUE:
+        return 0
+    selector = f"{builders.LABEL_FLEET}={name},{builders.LABEL_COMPONENT}=worker"
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    for pod in pods:
+        if pod.metadata and pod.metadata.name and not pod.metadata.deletion_timestamp:
+            try:
+                core.delete_namespaced_pod(pod.metadata.name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+    return len(pods)

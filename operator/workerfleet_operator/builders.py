@@ -118,6 +118,9 @@ def _pod_spec(name: str, spec: WorkerFleetSpec, namespace: str) -> dict[str, Any
         "args": worker_args(name, spec, namespace),
         "env": _pod_env(name, spec),
         "ports": [{"name": "health", "containerPort": port}],
+        # The worker writes why it exits to /dev/termination-log; if it could not (it died
+        # before), the kubelet puts the tail of its log there.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": port},
             "periodSeconds": 2,
@@ -202,6 +205,7 @@ def migration_job(name: str, uid: str, spec: WorkerFleetSpec, rev: str, to: str)
             "--force-after", spec.max_migration_wait_time,
         ],
         "env": [*_database_env(spec), *spec.template.env],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **_container_extras(spec),
     }  # fmt: skip
     labels = {

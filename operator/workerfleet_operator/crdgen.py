@@ -29,6 +29,7 @@ from workerfleet_operator.models import (
     KIND,
     PLURAL,
     ROLLOUT_VALIDATIONS,
+    ROOT_VALIDATIONS,
     SHORT_NAMES,
     SPEC_VALIDATIONS,
     TEMPLATE_VALIDATIONS,
@@ -306,6 +307,7 @@ def build_crd() -> JSON:
             "status": status_schema(),
         },
         "required": ["spec"],
+        "x-kubernetes-validations": copy.deepcopy(ROOT_VALIDATIONS),
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

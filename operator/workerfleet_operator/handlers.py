@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import os
@@ -18,12 +19,15 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from workerfleet_operator.builders import LABEL_COMPONENT, LABEL_FLEET
+from workerfleet_operator.act import drain_fleet
+from workerfleet_operator.builders import LABEL_FLEET
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
 from workerfleet_operator.reconcile import Clients, reconcile
 
 INTERVAL_S = float(os.environ.get("WORKERFLEET_RECONCILE_INTERVAL", "2"))
+# How long a deleted fleet waits for its pods to drain before its finalizer goes anyway.
+DRAIN_LIMIT_S = float(os.environ.get("WORKERFLEET_DRAIN_LIMIT", "600"))
 METRICS_PORT = int(os.environ.get("WORKERFLEET_METRICS_PORT", "9090"))
 METRICS_HOST = os.environ.get("WORKERFLEET_METRICS_HOST", os.environ.get("POD_IP", "127.0.0.1"))
 
@@ -114,16 +118,27 @@ async def child_changed(namespace: str | None, labels: Mapping[str, str], **_: A
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def drain_on_delete(name: str, namespace: str | None, **_: Any) -> None:
-    """Delete the fleet's pods gracefully (each worker releases its jobs) and hold the
-    finalizer until they are gone."""
+def drain_on_delete(
+    name: str,
+    namespace: str | None,
+    runtime: datetime.timedelta,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """Hold the finalizer while the fleet's pods drain. Whatever fails, it lets go after
+    DRAIN_LIMIT_S: a fleet must always be deletable (its pods are owned by it, so garbage
+    collection removes what is left, gracefully)."""
     assert namespace is not None
-    core = client.CoreV1Api()
-    selector = f"{LABEL_FLEET}={name},{LABEL_COMPONENT}=worker"
-    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-    for pod in pods:
-        if pod.metadata and pod.metadata.name and not pod.metadata.deletion_timestamp:
-            core.delete_namespaced_pod(pod.metadata.name, namespace)
-    if pods:
-        raise kopf.TemporaryError(f"draining {len(pods)} pod(s)", delay=2)
+    try:
+        remaining = drain_fleet(client.CoreV1Api(), namespace, name)
+    except Exception as exc:
+        if runtime.total_seconds() < DRAIN_LIMIT_S:
+            raise kopf.TemporaryError(f"cannot drain yet: {exc}", delay=5) from exc
+        logger.error("giving up draining after %.0fs: %s", runtime.total_seconds(), exc)
+        remaining = 0
+    if remaining and runtime.total_seconds() < DRAIN_LIMIT_S:
+        raise kopf.TemporaryError(f"draining {remaining} pod(s)", delay=2)
+    if remaining:
+        logger.warning("%d pod(s) still draining after %.0fs; releasing the fleet", remaining,
+                       runtime.total_seconds())  # fmt: skip
     _triggers.pop((namespace, name), None)

@@ -164,6 +164,13 @@ class WorkerFleetSpec(Model):
 
 
 # Rules that span fields, enforced by the API server (CEL).
+ROOT_VALIDATIONS = [
+    {
+        "rule": "size(self.metadata.name) <= 63",
+        "message": "metadata.name must be at most 63 characters: the fleet's name labels its "
+        "pods and Jobs, and label values are limited to 63",
+    },
+]
 SPEC_VALIDATIONS = [
     {
         "rule": "duration(self.sweepThreshold) >= duration(self.heartbeatInterval) + "
@@ -171,6 +178,12 @@ SPEC_VALIDATIONS = [
         "message": "sweepThreshold must be at least twice heartbeatInterval, or live pools "
         "would be declared dead between heartbeats",
         "fieldPath": ".sweepThreshold",
+    },
+    {
+        "rule": "duration(self.heartbeatInterval) > duration('0s') && "
+        "duration(self.sweepInterval) > duration('0s')",
+        "message": "heartbeatInterval and sweepInterval must be positive",
+        "fieldPath": ".heartbeatInterval",
     },
     {
         "rule": "self.migrationJob.activeDeadlineSeconds > "

@@ -28,6 +28,7 @@ class PodInfo:
     # On the node's clock: every worker process of this pod that started before this time
     # has ended (the current container's startedAt, or the finishedAt of the last one).
     ended_before: datetime | None = None
+    last_message: str | None = None  # the last termination message (or log tail)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     workers = [c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER]
-    exit_code = finished = waiting = ended_before = None
+    exit_code = finished = waiting = ended_before = message = None
     restarts = 0
     running = False
     if workers:
@@ -63,6 +63,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         terminated = state.get("terminated") or last.get("terminated")
         if terminated:
             exit_code, finished = terminated.get("exitCode"), _dt(terminated.get("finishedAt"))
+            message = terminated.get("message") or None
         waiting = (state.get("waiting") or {}).get("reason")
         running = "running" in state
         ended_before = container_ended_before(state, last)
@@ -80,6 +81,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         waiting_reason=waiting,
         running=running,
         ended_before=ended_before,
+        last_message=message,
     )
 
 
@@ -140,15 +142,27 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def _job_blockers(
+def _termination_tail(pod: dict[str, Any]) -> str | None:
+    """The last line of what the pod's container said when it ended (its termination
+    message, or the log tail the kubelet put there)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        lines = [line.strip() for line in (terminated.get("message") or "").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1][:300]
+    return None
+
+
+def _job_pods_say(
     core: client.CoreV1Api, namespace: str, selector: str, jobs: list[JobInfo]
-) -> dict[str, str]:
-    """For active Jobs: why their pod cannot start. A Job without any pod was refused at pod
-    creation (admission, quota): its FailedCreate Event says why. Read only while a Job is
-    active, so an idle fleet costs nothing here."""
-    active = [j.name for j in jobs if j.active]
-    if not active:
-        return {}
+) -> list[JobInfo]:
+    """What the pods of active and failed Jobs tell: why an active Job's pod cannot start (a
+    Job without any pod was refused at creation: its FailedCreate Event says why), and how
+    a failed Job's pod ended. Read only while such a Job exists, so an idle fleet costs
+    nothing here."""
+    if not any(j.active or j.failed for j in jobs):
+        return jobs
     pods = items(
         core.list_namespaced_pod(
             namespace, label_selector=f"{selector},{LABEL_COMPONENT}=migration",
@@ -161,23 +175,31 @@ def _job_blockers(
         owner = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
         if owner is not None:
             by_job.setdefault(owner, []).append(pod)
-    blocked: dict[str, str] = {}
-    for name in active:
-        job_pods = by_job.get(name, [])
-        problems = [p for p in (pod_problem(pod) for pod in job_pods) if p]
-        if job_pods and len(problems) == len(job_pods):
-            blocked[name] = problems[-1]
-        elif not job_pods:
-            events = items(
-                core.list_namespaced_event(
-                    namespace, field_selector=f"involvedObject.name={name},reason=FailedCreate",
-                    _preload_content=False,
-                )
-            )  # fmt: skip
-            if events:
-                last = max(events, key=lambda e: e.get("lastTimestamp") or "")
-                blocked[name] = f"FailedCreate: {last.get('message') or 'no message'}"
-    return blocked
+    return [_job_with_pods(core, namespace, job, by_job.get(job.name, [])) for job in jobs]
+
+
+def _job_with_pods(
+    core: client.CoreV1Api, namespace: str, job: JobInfo, job_pods: list[dict[str, Any]]
+) -> JobInfo:
+    job_pods = sorted(job_pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    if job.failed:
+        tails = [t for t in (_termination_tail(p) for p in job_pods) if t]
+        return replace(job, message=f"{job.message}; its pod said: {tails[-1]}") if tails else job
+    if not job.active:
+        return job
+    problems = [p for p in (pod_problem(pod) for pod in job_pods) if p]
+    if job_pods:
+        return replace(job, blocked=problems[-1]) if len(problems) == len(job_pods) else job
+    events = items(
+        core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={job.name},reason=FailedCreate",
+            _preload_content=False,
+        )
+    )  # fmt: skip
+    if not events:
+        return job
+    last = max(events, key=lambda e: e.get("lastTimestamp") or "")
+    return replace(job, blocked=f"FailedCreate: {last.get('message') or 'no message'}")
 
 
 def items(response: Any) -> list[dict[str, Any]]:
@@ -295,13 +317,11 @@ def observe(
             _preload_content=False,
         )
     )  # fmt: skip
-    job_infos = [job_info(j) for j in jobs]
-    blocked = _job_blockers(core, namespace, selector, job_infos)
     base = Observation(
         pods=tuple(pod_info(p) for p in pods),
         pools=(),
         applied=(),
-        jobs=tuple(replace(j, blocked=blocked.get(j.name, "")) for j in job_infos),
+        jobs=tuple(_job_pods_say(core, namespace, selector, [job_info(j) for j in jobs])),
         approved_migration=annotations.get(APPROVAL_ANNOTATION),
     )
     try:

@@ -373,6 +373,7 @@ class _Planner:
             or self._superseded_job()
             or self._refused_version()
             or self._failed_migration()
+            or self._crash_looping()
             or self._paused()
             or self._schema()
             or self._pods()
@@ -451,6 +452,31 @@ class _Planner:
             progressing=("False", "MigrationFailed"),
             schema=("False", "MigrationFailed", msg),
         )
+
+    def _crash_looping(self) -> Plan | None:
+        """New pods that keep exiting say why (their termination message, or the log tail),
+        in the status and in one Event, instead of "waiting for a pod to register"."""
+        crashing = [
+            p
+            for p in self.new
+            if not p.running
+            and p.restarts > 0
+            and p.last_exit_code not in (None, 0)
+            and p.waiting_reason in (None, "CrashLoopBackOff")
+        ]
+        if not crashing:
+            return None
+        pod = crashing[0]
+        lines = [line.strip() for line in (pod.last_message or "").splitlines() if line.strip()]
+        why = lines[-1][:300] if lines else "no termination message; see its log"
+        msg = (
+            f"pod {pod.name} of version {self.spec.version} is crash-looping "
+            f"({pod.waiting_reason or 'restarting'}, exit code {pod.last_exit_code}, "
+            f"{pod.restarts} restarts): {why}"
+        )
+        if self.previous.phase != "CrashLoopBackOff":
+            self.event("Warning", "PodsCrashLooping", msg)
+        return self.finish(NoAction(msg), "CrashLoopBackOff", msg)
 
     def _paused(self) -> Plan | None:
         if not self.spec.paused:

@@ -14,6 +14,7 @@ from kubernetes import client
 
 from workerfleet_operator import builders
 from workerfleet_operator.act import Fleet, act, post_event, write_status
+from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases, observe
@@ -28,12 +29,14 @@ class Clients:
     batch: client.BatchV1Api
     custom: client.CustomObjectsApi
     dbs: Databases
+    events: EventRecorder
 
     @classmethod
     def from_default_config(cls) -> Clients:
         api = client.ApiClient()
-        return cls(client.CoreV1Api(api), client.BatchV1Api(api),
-                   client.CustomObjectsApi(api), Databases())  # fmt: skip
+        core = client.CoreV1Api(api)
+        return cls(core, client.BatchV1Api(api), client.CustomObjectsApi(api), Databases(),
+                   EventRecorder(core))  # fmt: skip
 
 
 def previous_status(raw: dict[str, Any] | None) -> WorkerFleetStatus:
@@ -109,7 +112,8 @@ def reconcile(
     )  # fmt: skip
     fleet = Fleet(
         name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
-        core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs, url=url,
+        core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs,
+        events=clients.events, url=url,
     )  # fmt: skip
     outcome = "ok"
     try:

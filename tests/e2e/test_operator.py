@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import signal
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,60 @@ def test_invalid_specs_are_rejected_with_a_readable_message(fleet: FleetEnv) -> 
     with pytest.raises(ApiError) as bad:
         fleet.apply("1", maxMigrationWaitTime="2h", migrationJob={"activeDeadlineSeconds": 600})
     assert "activeDeadlineSeconds must exceed maxMigrationWaitTime" in bad.value.body
+
+
+def test_what_the_worker_would_refuse_the_api_server_refuses(fleet: FleetEnv) -> None:
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", heartbeatInterval="0s", sweepThreshold="1m")
+    assert "heartbeatInterval and sweepInterval must be positive" in bad.value.body
+    # The fleet's name labels its pods: a name no label value can hold is refused up front
+    # (accepted, it made every reconcile fail and the fleet undeletable).
+    fleet.name = "x" * 64
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1")
+    assert bad.value.status == 422
+    assert "metadata.name must be at most 63 characters" in bad.value.body
+    fleet.name = "y" * 63
+    fleet.apply("1", replicas=1)
+    fleet.wait_ready("1")
+    assert fleet.delete(timeout=60), "a 63-character fleet must be deletable"
+
+
+def test_a_crash_looping_version_says_why(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=1)
+    fleet.wait_ready("1")
+    fleet.patch_spec(version="crash")
+
+    def says_why() -> str | None:
+        message = str((fleet.get().get("status") or {}).get("message", ""))
+        return message if "crash-looping" in message else None
+
+    message = wait_until(says_why, 60, "the crash loop in the status")
+    assert "this release is broken" in message, message
+    assert [e["reason"] for e in fleet.events()].count("PodsCrashLooping") == 1
+
+
+def test_a_failed_protocol_install_is_reported_once(fleet: FleetEnv) -> None:
+    """`app` names a module without an App: the core install Job fails. That is
+    MigrationFailed with the Job's reason and what its pod said, and the Job is not
+    re-created on every reconcile."""
+    fleet.apply("1", replicas=1, app="fleet_test_apps.common")
+
+    def failed() -> dict[str, Any] | None:
+        found = fleet.condition("MigrationsApplied")
+        return found if found and found["reason"] == "MigrationFailed" else None
+
+    found = wait_until(failed, 90, "MigrationFailed")
+    assert "has no fleet_worker.App" in found["message"], found["message"]
+    time.sleep(5)  # reconciles every 2 s: a storm would show here
+    events = fleet.events()
+    posted = Counter(e["reason"] for e in events)
+    counted: Counter[str] = Counter()
+    for e in events:
+        counted[e["reason"]] += int(e.get("count") or 1)
+    # The Job was created once; the failure is one Event object (its count may grow).
+    assert counted["RunMigration"] == 1 and counted["MigrationStarted"] == 1
+    assert posted["MigrationFailed"] == 1
 
 
 def test_a_migration_job_that_cannot_pull_its_image_is_a_condition(fleet: FleetEnv) -> None:

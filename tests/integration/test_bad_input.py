@@ -232,3 +232,34 @@ def test_a_malformed_url_never_shows_its_password() -> None:
     r = cli("status", url="postgresql://user:s3cr%zzet@127.0.0.1:1/db")
     assert r.returncode == ExitCode.ERROR
     assert "invalid database URL" in r.stderr and "s3cr" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["run", "--app", "fleet_test_apps.v1", "--heartbeat-interval", "0s"], ExitCode.USAGE,
+         "heartbeat interval must be positive"),
+        (["run", "--app", "fleet_test_apps.common"], ExitCode.USAGE, "has no fleet_worker.App"),
+        (["run", "--app", "fleet_test_apps.v1", "--bogus"], ExitCode.USAGE, "--bogus"),
+        (["run", "--app", "fleet_test_apps.v1", "--health-port", "0"], ExitCode.ERROR,
+         "cannot connect to the database"),
+    ],
+)  # fmt: skip
+def test_why_a_worker_exits_is_its_termination_message(
+    tmp_path: Path, args: list[str], code: int, says: str
+) -> None:
+    """Kubernetes shows the termination-message file in the pod's status: a crash-looping
+    worker must say why there, not only in its log."""
+    message = tmp_path / "termination-log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(APPS_DIR),
+        "DATABASE_URL": "postgresql://nobody:secret@127.0.0.1:1/none",
+        "FLEET_TERMINATION_LOG": str(message),
+    }
+    r = subprocess.run([sys.executable, "-m", "fleet_worker.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == code
+    text = message.read_text()
+    assert says in text and f"exit {int(code)}" in text
+    assert "secret" not in text

@@ -578,3 +578,20 @@ def test_a_failed_protocol_install_is_reported_before_any_catalog_is_known() -> 
     assert isinstance(p.action, NoAction) and p.status.phase == "Failed"
     assert cond(p, "MigrationsApplied") == ("False", "MigrationFailed")
     assert "BackoffLimitExceeded" in p.status.message
+
+
+def test_crash_looping_new_pods_say_why() -> None:
+    pods, pools = old_fleet()
+    crashing = pod("new-0", NEW, ready=False, running=False, restarts=3, last_exit_code=2,
+                   waiting_reason="CrashLoopBackOff",
+                   last_message="Traceback...\nfleet-worker: 'shop.tasks' has no "
+                   "fleet_worker.App named 'app'")  # fmt: skip
+    obs = Observation(pods=(*pods, crashing), pools=tuple(pools), applied=V1)
+    p = run(spec(), obs)
+    assert isinstance(p.action, NoAction)
+    assert "CrashLoopBackOff" in p.status.message and "has no fleet_worker.App" in p.status.message
+    assert "Traceback" not in p.status.message  # the last line says it
+    assert [e[1] for e in p.events] == ["PodsCrashLooping"]
+    # Said once, not on every reconcile.
+    again = run(spec(), obs, previous=p.status)
+    assert again.events == []

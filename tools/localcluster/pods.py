@@ -412,6 +412,11 @@ class PodWorker(threading.Thread):
         }
         if c.kill_reason:
             terminated["message"] = c.kill_reason
+        elif exit_code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            # As the kubelet does: the tail of the log stands in for the message file.
+            tail = self._log_tail(c)
+            if tail:
+                terminated["message"] = tail
         c.proc, c.ready = None, False
         ran_for = time.monotonic() - c.started_mono
         restart = (
@@ -429,6 +434,18 @@ class PodWorker(threading.Thread):
         if ran_for > 2 * self.ctx.backoff_max:
             c.crash_streak = 0
         self._schedule_restart(c, failed=exit_code != 0)
+
+    def _log_tail(self, c: Container, max_bytes: int = 2048, max_lines: int = 80) -> str:
+        logfile = self.log_dir / c.name / f"{c.restart_count}.log"
+        try:
+            with logfile.open("rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - max_bytes))
+                data = f.read()
+        except OSError:
+            return ""
+        lines = data.decode("utf-8", "replace").splitlines()[-max_lines:]
+        return "\n".join(lines).strip()
 
     def _schedule_restart(self, c: Container, failed: bool) -> None:
         c.restart_count += 1

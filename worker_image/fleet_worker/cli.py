@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import pydantic
 
@@ -25,6 +25,7 @@ from fleet_worker.queue import InvalidJobError, JobSpec, add_job
 from fleet_worker.recovery import unlock_orphans
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.status import status_report
+from fleet_worker.termination import write_termination_message
 
 log = logging.getLogger("fleet_worker")
 
@@ -60,8 +61,16 @@ def _database_url(args: argparse.Namespace) -> str:
     return str(url)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments; the pod's status should say which."""
+
+    def error(self, message: str) -> NoReturn:
+        write_termination_message(f"exit 2 (USAGE): {self.prog}: {message}")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleet-worker", description=__doc__)
+    parser = _Parser(prog="fleet-worker", description=__doc__)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -313,20 +322,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (UsageError, InvalidIdentifierError, InvalidJobError, AppLoadError) as exc:
-        print(f"fleet-worker: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return _fail(ExitCode.USAGE, str(exc))
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
-        print(f"fleet-worker: invalid settings: {problems}", file=sys.stderr)
-        return ExitCode.USAGE
+        return _fail(ExitCode.USAGE, f"invalid settings: {problems}")
     except (CatalogError, MigrationError) as exc:
-        print(f"fleet-worker: {exc}", file=sys.stderr)
-        return ExitCode.SCHEMA_ERROR
+        return _fail(ExitCode.SCHEMA_ERROR, str(exc))
     except DatabaseUnavailableError as exc:
-        print(f"fleet-worker: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+        return _fail(ExitCode.ERROR, str(exc))
+
+
+def _fail(code: ExitCode, message: str) -> int:
+    """Say why on stderr and in the termination message (the pod's status shows it)."""
+    print(f"fleet-worker: {message}", file=sys.stderr)
+    write_termination_message(f"exit {int(code)} ({code.name}): {message}")
+    return code
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from fleet_worker.queue import (
 )
 from fleet_worker.recovery import release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
+from fleet_worker.termination import write_termination_message
 
 log = logging.getLogger("fleet_worker")
 T = TypeVar("T")
@@ -741,6 +742,10 @@ class Worker:
                         lease.threshold,
                         stubborn,
                     )
+                    write_termination_message(
+                        f"exit {int(ExitCode.FENCED)} (FENCED): lease expiring while job(s) "
+                        f"{stubborn} ignored cancellation"
+                    )
                     logging.shutdown()
                     os._exit(int(ExitCode.FENCED))
             if lease.must_fence(now) and not self.fenced:
@@ -853,6 +858,8 @@ def run_worker(settings: WorkerSettings, app: App) -> int:
     were already released and their completion would be rejected."""
     worker = Worker(settings, app)
     code = asyncio.run(worker.run())
+    if code != ExitCode.OK:
+        write_termination_message(f"exit {int(code)} ({code.name}): {worker.exit_reason}")
     if stuck_threads():
         logging.shutdown()
         os._exit(int(code))

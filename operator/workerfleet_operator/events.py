@@ -1,0 +1,120 @@
+"""Events on fleets, aggregated as Kubernetes' own event recorder does: the same event again
+within the window bumps the count and the last timestamp of the one already posted, and a
+reason that keeps coming with new messages is folded into one "similar events" Event. A
+stuck fleet reconciled every 2 s therefore posts a handful of objects, not one per pass."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from workerfleet_operator.models import GROUP, KIND, VERSION
+
+log = logging.getLogger("workerfleet_operator")
+WINDOW_S = 600.0  # client-go's correlator uses 10 minutes too
+MAX_DISTINCT = 5  # distinct messages of one reason per window before they are folded
+
+
+@dataclass
+class _Posted:
+    name: str
+    count: int
+    last: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EventRecorder:
+    def __init__(self, core: client.CoreV1Api, clock: Any = time.monotonic) -> None:
+        self._core = core
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._posted: dict[tuple[str, ...], _Posted] = {}
+        self._distinct: dict[tuple[str, ...], list[float]] = {}
+
+    def post(
+        self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> None:
+        """Never raises: an event is not worth failing a reconcile."""
+        message = message[:1024]
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            key = (namespace, uid, type_, reason, message)
+            if key not in self._posted:
+                stamps = self._distinct.setdefault((namespace, uid, type_, reason), [])
+                stamps.append(now)
+                if len(stamps) > MAX_DISTINCT:
+                    key = (namespace, uid, type_, reason, "(combined from similar events)")
+                    message = f"(combined from similar events): {message}"
+            posted = self._posted.get(key)
+            if posted is not None:
+                posted.count += 1
+                posted.last = now
+                patch: dict[str, Any] = {"count": posted.count, "lastTimestamp": _now()}
+                if key[-1].startswith("(combined"):
+                    patch["message"] = message
+        try:
+            if posted is not None:
+                self._core.patch_namespaced_event(posted.name, namespace, patch)
+                return
+            body = self._body(namespace, name, uid, type_, reason, message)
+            # Raw JSON back: the client's models are not needed for one name.
+            response: Any = self._core.create_namespaced_event(
+                namespace,
+                body,  # type: ignore[arg-type]
+                _preload_content=False,
+            )
+            created = str(json.loads(response.data)["metadata"]["name"])
+            with self._lock:
+                self._posted[key] = _Posted(created, 1, now)
+        except ApiException as exc:
+            if posted is not None and exc.status == 404:
+                with self._lock:  # expired or deleted on the server: post afresh next time
+                    self._posted.pop(key, None)
+            log.warning("could not post event %s: %s", reason, exc.reason)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, p in self._posted.items() if now - p.last > WINDOW_S]:
+            del self._posted[key]
+        for key, stamps in list(self._distinct.items()):
+            stamps[:] = [t for t in stamps if now - t <= WINDOW_S]
+            if not stamps:
+                del self._distinct[key]
+
+    @staticmethod
+    def _body(
+        namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> dict[str, Any]:
+        now = _now()
+        return {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "workerfleet-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": now,
+            "action": reason,
+            "reportingComponent": "workerfleet-operator",
+            "reportingInstance": "workerfleet-operator",
+            "count": 1,
+        }
