@@ -30,6 +30,9 @@ from workerfleet_operator.observation import (
 )
 
 APPROVAL_ANNOTATION = "workerfleet.dev/approve-migration"
+# The node's clock may step (an NTP correction) between a container's start and its pool's
+# registration: a pool within this much of the container's start is not taken for older.
+CLOCK_STEP_MARGIN = timedelta(seconds=2)
 
 
 # -- actions ------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
         for pool in pools:
             before = pod.ended_before
             if pool.host_started_at is not None and before is not None:
-                if pool.host_started_at < before:
+                if pool.host_started_at < before - CLOCK_STEP_MARGIN:
                     ended.append(pool)
             elif pod.restarts > 0 and pool is not newest:
                 ended.append(pool)

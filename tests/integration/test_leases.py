@@ -112,13 +112,16 @@ def test_each_pool_is_judged_by_its_own_lease(
     assert spans(conn, schema_name) == [(job, slow_pool, "done")]
 
 
-@pytest.mark.parametrize("task", ["span_async", "span_cooperative", "span_stubborn"])
+@pytest.mark.parametrize(
+    "task", ["span_async", "span_cooperative", "span_stubborn", "span_blocking"]
+)
 def test_a_worker_cut_off_stops_its_jobs_before_its_lease_expires(
     conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path, task: str
 ) -> None:
     """Cut one worker off; another, with the database, takes its job once the lease expired.
     The first execution must have ended by then: async tasks are cancelled, cooperative sync
-    tasks are told to stop, and a sync task that ignores it is stopped with its process."""
+    tasks are told to stop, and a sync task that ignores it, or an async one that blocks the
+    event loop (and with it the heartbeat), is stopped with its process."""
     s = install(conn, schema_name)
     make_spans(conn, schema_name)
     [job] = add_jobs(conn, [JobSpec(task, {"s": 20})], s)
@@ -132,7 +135,7 @@ def test_a_worker_cut_off_stops_its_jobs_before_its_lease_expires(
         wait_for(lambda: spans(conn, schema_name), what="the job started")
         proxy.cut()
         rescuer = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
-        if task == "span_stubborn":
+        if task in ("span_stubborn", "span_blocking"):
             code, ended = wait_exit(cut_off, conn, timeout=10)
             assert code == ExitCode.FENCED
             assert "lease" in cut_off.log()

@@ -98,11 +98,14 @@ def test_jobs_over_the_graceful_timeout_are_released_not_lost(
     conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
 ) -> None:
     s = install(conn, schema_name)
-    [slow] = add_jobs(conn, [JobSpec("work", {"sleep": 60})], s)
+    from tests.integration.test_leases import make_spans, spans
+
+    make_spans(conn, schema_name)
+    [slow] = add_jobs(conn, [JobSpec("span_cooperative", {"s": 60})], s)
     args = [*FAST, "--graceful-shutdown-timeout", "0.5s"]
     worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *args)
     try:
-        wait_for(lambda: ledger(conn, schema_name) == [slow], what="slow job started")
+        wait_for(lambda: spans(conn, schema_name), what="slow job started")
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == ExitCode.OK
     finally:
@@ -112,6 +115,43 @@ def test_jobs_over_the_graceful_timeout_are_released_not_lost(
     )
     assert locked_by is None and attempts == 1 and "shut down" in str(error)
     assert "released 1 job(s)" in worker.log()
+    assert [(j, outcome) for j, _, outcome in spans(conn, schema_name)] == [(slow, "cancelled")]
+
+
+def test_a_job_that_ignores_the_shutdown_is_not_released_while_it_runs(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """Sync code that ignores the request to stop still runs until the process exits;
+    releasing its job at shutdown would let another worker start it alongside. It stays
+    locked until the pool's lease ran out, then the sweep hands it on."""
+    from tests.integration.test_leases import make_spans, overlaps, spans, wait_exit
+
+    s = install(conn, schema_name)
+    make_spans(conn, schema_name)
+    [job] = add_jobs(conn, [JobSpec("span_stubborn", {"s": 2})], s)
+    args = [*FAST, "--graceful-shutdown-timeout", "0.2s"]
+    worker = WorkerProcess(database_url, schema_name, V1, tmp_path, *args)
+    rescuer = None
+    try:
+        wait_for(lambda: spans(conn, schema_name), what="the job started")
+        [pool] = {p for _, p, _ in spans(conn, schema_name)}
+        rescuer = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+        wait_for(lambda: len(active_pools(conn, schema_name)) == 2, what="the rescuer")
+        worker.signal(signal.SIGTERM)
+        _, exited = wait_exit(worker, conn, timeout=15)
+        [(locked_by,)] = q(conn, schema_name, "select locked_by::text from {s}.jobs")
+        assert locked_by == pool, "released while its code still ran"
+        assert "ignore cancellation" in worker.log()
+        wait_for(lambda: len(spans(conn, schema_name)) == 2, timeout=20, what="the rerun")
+        # The execution cut short by the exit never recorded its end: the exit is its end.
+        q(conn, schema_name, "update {s}.spans set ended_at = %s where ended_at is null "
+          "and pool_id = %s returning 1", [exited, pool])  # fmt: skip
+        assert overlaps(conn, schema_name) == []
+        assert [j for j, _, _ in spans(conn, schema_name)] == [job, job]
+    finally:
+        if rescuer is not None:
+            rescuer.stop()
+        worker.stop()
 
 
 def test_second_signal_forces_the_stop(

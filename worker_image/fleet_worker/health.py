@@ -135,7 +135,7 @@ async def _read_request(reader: asyncio.StreamReader) -> str | None:
     """The request path, after reading (and ignoring) the headers; None when the request
     head exceeds MAX_REQUEST_BYTES."""
     head = b""
-    while not head.endswith((b"\r\n\r\n", b"\n\n")):
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
         chunk = await reader.read(1024)
         if not chunk:
             break

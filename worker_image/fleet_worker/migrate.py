@@ -85,6 +85,19 @@ def live_outdated_pools(
     return [OutdatedPool(*r) for r in rows]
 
 
+def outdated_pools_in_live_state(
+    conn: psycopg.Connection, schema: Schema, migration_id: str
+) -> bool:
+    """Whether any pool lacking the migration is in a live state, fresh lease or not."""
+    row = conn.execute(
+        schema.q("select exists (select 1 from {s}.pools p where p.state = any(%(live_states)s)")
+        + sql.SQL(_LACKS)
+        + sql.SQL(")"),
+        {**live_params(0), "migration": migration_id},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _leased(conn: psycopg.Connection, schema: Schema) -> bool:
     """Whether the schema has the lease columns (core/0002); `plan` may run before it."""
     row = conn.execute(
@@ -176,10 +189,14 @@ def apply_one(
     threshold_s: float,
     force: bool,
     result: MigrationResult,
+    judge_silence: bool = True,
 ) -> bool:
     """Apply `migration` if still pending. Returns False when a breaking migration is blocked
     by live outdated pools and `force` is off. Re-checks everything under the lock, so racing
-    workers and a migration Job can never apply the same migration twice."""
+    workers and a migration Job can never apply the same migration twice.
+    `judge_silence=False` (the caller is on probation: its view of the database may be an
+    outage's) also counts outdated pools whose lease expired as blocking, instead of
+    declaring them dead."""
     with conn.transaction():
         _lock(conn, schema)
         bootstrap(conn, schema)
@@ -188,7 +205,11 @@ def apply_one(
         if migration.id not in {m.id for m in state.pending}:
             return True
         if migration.breaking:
-            declare_stale_outdated_dead(conn, schema, migration.id, threshold_s)
+            if not judge_silence:
+                if outdated_pools_in_live_state(conn, schema, migration.id):
+                    return False
+            else:
+                declare_stale_outdated_dead(conn, schema, migration.id, threshold_s)
             if force:
                 reason = f"evicted: breaking migration {migration.id} forced after the wait"
                 result.evicted_pools += evict_outdated_pools(
@@ -236,21 +257,28 @@ def migrate(
     poll_s: float = 1.0,
     on_wait: Callable[[Migration, list[OutdatedPool]], None] | None = None,
     breaking: bool = True,
+    probation_s: float | None = None,
 ) -> MigrationResult:
     """Bring the schema up to `to` (default: the whole catalog). Safe migrations apply at
     once; a breaking one waits for live outdated pools to go, up to `force_after_s`, then
-    evicts them. With `breaking=False` it stops before the first breaking migration."""
+    evicts them. With `breaking=False` it stops before the first breaking migration.
+    For `probation_s` (default: the threshold) after it starts, this process declares no
+    silent pool dead and evicts none: it may have just come out of an outage (a Job pod
+    retried after one), and a silent pool may be about to beat again."""
     targets = _targets(catalog, to)
     result = MigrationResult()
+    began = _db_now(conn)
+    probation = threshold_s if probation_s is None else probation_s
     for migration in targets:
         if migration.breaking and not breaking:
             break
         started = _db_now(conn)  # each breaking migration gets its own full wait
         while not apply_one(
-            conn, schema, catalog, migration, threshold_s=threshold_s, force=False, result=result
-        ):
+            conn, schema, catalog, migration, threshold_s=threshold_s, force=False,
+            result=result, judge_silence=_db_now(conn) - began >= probation,
+        ):  # fmt: skip
             waited = _db_now(conn) - started
-            if waited >= force_after_s:
+            if waited >= force_after_s and _db_now(conn) - began >= probation:
                 apply_one(
                     conn,
                     schema,

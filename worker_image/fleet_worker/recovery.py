@@ -12,28 +12,36 @@ from fleet_worker.db import LIVE_STATES, TERMINAL_STATES, Schema, lease_live, li
 
 
 def release_pool_jobs(
-    conn: psycopg.Connection, schema: Schema, pool_ids: Sequence[str], reason: str
+    conn: psycopg.Connection,
+    schema: Schema,
+    pool_ids: Sequence[str],
+    reason: str,
+    *,
+    keep: Sequence[int] = (),
 ) -> int:
-    """Unlock every job and queue held by these pools. The interrupted attempt still counts,
-    so a job that kills its worker every time ends up permanently failed (inspectable) rather
-    than looping forever. Returns the number of jobs released."""
+    """Unlock every job and queue held by these pools, except the jobs in `keep` (and their
+    queues). The interrupted attempt still counts, so a job that kills its worker every time
+    ends up permanently failed (inspectable) rather than looping forever. Returns the number
+    of jobs released."""
     if not pool_ids:
         return 0
-    ids = list(pool_ids)
+    params = {"pools": list(pool_ids), "keep": list(keep), "reason": reason}
     conn.execute(
         schema.q(
-            "update {s}.job_queues set locked_by = null, locked_at = null "
-            "where locked_by = any(%s::uuid[])"
+            """update {s}.job_queues set locked_by = null, locked_at = null
+               where locked_by = any(%(pools)s::uuid[]) and queue_name not in (
+                   select queue_name from {s}.jobs
+                   where id = any(%(keep)s::bigint[]) and queue_name is not null)"""
         ),
-        [ids],
+        params,
     )
     cur = conn.execute(
         schema.q(
             """update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
-                   last_error = %s, updated_at = now()
-               where locked_by = any(%s::uuid[])"""
+                   last_error = %(reason)s, updated_at = now()
+               where locked_by = any(%(pools)s::uuid[]) and id <> all(%(keep)s::bigint[])"""
         ),
-        [reason, ids],
+        params,
     )
     return cur.rowcount
 

@@ -61,7 +61,7 @@ from fleet_worker.queue import (
     fail_job,
     fetch_jobs,
 )
-from fleet_worker.recovery import release_pool_jobs, sweep
+from fleet_worker.recovery import SweepResult, release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.termination import write_termination_message
 
@@ -179,6 +179,7 @@ class Worker:
         self._abandoned: list[Job] = []  # cancelled for the lease; released once we can
         self._completions = asyncio.Event()
         self._jobs_conn: psycopg.AsyncConnection | None = None
+        self._exit_watch_stop = threading.Event()
         self._signals = 0
         self.health = HealthServer(self, settings.health_host, settings.health_port)
 
@@ -215,6 +216,7 @@ class Worker:
             if not await self._install_protocol():
                 return self._exit()
             await self._register()
+            threading.Thread(target=self._exit_watch, name="lease-exit", daemon=True).start()
             background = [
                 self._service(self._heartbeat_loop(), "heartbeat"),
                 self._service(self._lease_loop(), "lease"),
@@ -234,6 +236,7 @@ class Worker:
                 # Whatever happened, finished jobs are completed and the rest released.
                 await self._drain()
         finally:
+            self._exit_watch_stop.set()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -418,7 +421,9 @@ class Worker:
         def attempt(conn: psycopg.Connection) -> tuple[bool, list[str], float]:
             record_intent(conn, self.schema, pool_id, breaking.id)
             waited = waited_seconds(conn, self.schema, pool_id)
-            force = waited >= self.settings.max_migration_wait
+            # Judged on this thread, when the call runs: it may have waited behind another.
+            judge = not self.lease.on_probation(lease_clock())
+            force = judge and waited >= self.settings.max_migration_wait
             result = migrations.MigrationResult()
             done = migrations.apply_one(
                 conn,
@@ -428,6 +433,7 @@ class Worker:
                 threshold_s=threshold,
                 force=force,
                 result=result,
+                judge_silence=judge,
             )
             return done, result.evicted_pools, waited
 
@@ -495,12 +501,17 @@ class Worker:
                 self.counters.fetch_batches += 1
                 self.counters.fetched += len(jobs)
                 for job in jobs:
-                    run = Running(job, self._context(job))
-                    self.running[job.id] = run
-                    run.task = asyncio.create_task(self._run_job(run))
+                    self._start(job)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    def _start(self, job: Job) -> Running:
+        run = Running(job, self._context(job))
+        self.running[job.id] = run
+        run.task = asyncio.create_task(self._run_job(run))
+        run.task.add_done_callback(functools.partial(self._job_task_done, run))
+        return run
 
     def _context(self, job: Job) -> JobContext:
         return JobContext(
@@ -525,6 +536,8 @@ class Worker:
         except (asyncio.CancelledError, JobCancelled) as exc:
             me = asyncio.current_task()
             if run.cancel_reason == "shutdown":
+                if isinstance(exc, JobCancelled):
+                    return  # a sync task that stopped when asked; the drain releases it
                 raise  # the drain releases it; the lock release is the record
             if run.cancel_reason == "lease":
                 # Given back unrecorded once the database is reachable (or swept).
@@ -557,12 +570,22 @@ class Worker:
             self.running.pop(job.id, None)
             self._slot_free.set()
 
+    def _job_task_done(self, run: Running, task: asyncio.Task[None]) -> None:
+        """A job task cancelled before it ever ran skips _run_job's own bookkeeping (its
+        try/finally never started): do it here, or the job would stay ours forever."""
+        if self.running.get(run.job.id) is not run:
+            return
+        self.running.pop(run.job.id, None)
+        self._slot_free.set()
+        if task.cancelled() and run.cancel_reason == "lease":
+            self._abandoned.append(run.job)
+
     def _cancel_running(self, reason: str) -> None:
         """Ask every running execution to stop: async tasks are cancelled; sync tasks, which
         nothing can interrupt from outside, see ctx.cancelled (ctx.sleep raises)."""
-        for run in self.running.values():
-            if run.recording and reason == "lease":
-                continue  # finished: its failure record keeps trying until the database is back
+        for run in list(self.running.values()):
+            if reason == "lease" and (run.recording or run.cancel_reason is not None):
+                continue  # finished (its record waits for the database), or already asked
             if run.cancel_reason is None:
                 run.cancel_reason = reason
             run.ctx.cancelled.set()
@@ -683,7 +706,7 @@ class Worker:
             sent = lease_clock()
             abandoned = list(self._abandoned)
             try:
-                beat, applied, released = await self.maintenance.run(
+                beat, applied, released, error = await self.maintenance.run(
                     functools.partial(
                         self._beat_and_read,
                         pool_id=self._pool(),
@@ -692,6 +715,10 @@ class Worker:
                     )
                 )
                 self._after_beat(beat.state, beat.reason, sent)
+                if error is not None:
+                    # The beat landed (the lease is renewed); the rest is retried next beat.
+                    log.warning("after the heartbeat: %s", first_line(error))
+                    continue
                 if abandoned:
                     gone = {j.id for j in abandoned}
                     self._abandoned = [j for j in self._abandoned if j.id not in gone]
@@ -709,55 +736,79 @@ class Worker:
 
     def _beat_and_read(
         self, conn: psycopg.Connection, *, pool_id: str, running: int, abandoned: list[Job]
-    ) -> tuple[Heartbeat, list[AppliedMigration], int]:
+    ) -> tuple[Heartbeat, list[AppliedMigration], int, psycopg.Error | None]:
         """One trip to the maintenance thread per beat: the beat, the schema it runs on, and
-        the jobs cancelled while cut off given back (fenced on their attempts)."""
+        the jobs cancelled while cut off given back (fenced on their attempts). Once the
+        beat is in, a later error is returned, not raised: the lease was renewed."""
         beat = heartbeat(conn, self.schema, pool_id, running_jobs=running)
         released = 0
-        if abandoned and beat.state not in ("dead", "evicted", "stopped"):
-            params = {**attempt_params(abandoned, pool_id), "error": "interrupted: its worker "
-                      "lost the database and cancelled it before its lease ran out"}  # fmt: skip
-            released = len(conn.execute(self.sql.release, params).fetchall())
-        return beat, migrations.applied_migrations(conn, self.schema), released
+        try:
+            if abandoned and beat.state not in ("dead", "evicted", "stopped"):
+                params = {**attempt_params(abandoned, pool_id), "error": "interrupted: its "
+                          "worker lost the database and cancelled it before its lease ran "
+                          "out"}  # fmt: skip
+                released = len(conn.execute(self.sql.release, params).fetchall())
+            return beat, migrations.applied_migrations(conn, self.schema), released, None
+        except psycopg.Error as exc:
+            return beat, [], 0, exc
 
     async def _lease_loop(self) -> None:
-        """The lease watchdog, independent of the heartbeat (which may hang on the network):
-        at 3/4 of the threshold without a recorded beat, cancel the running jobs; at 7/8,
-        if task code still runs (sync code ignoring ctx.cancelled, or an async task that
-        swallowed the cancellation), exit the process: nothing else stops a thread, and
-        others may take its jobs at the threshold."""
+        """The fence, independent of the heartbeat (which may hang on the network): at 3/4
+        of the threshold without a recorded beat, fetch nothing and cancel the running jobs,
+        again on every tick for jobs a fetch in flight brought in. The exit at 7/8 is
+        enforced by a thread of its own (`_exit_watch`): task code that blocks this event
+        loop would block a watchdog running on it."""
         lease = self.lease
-        tick = min(self.settings.heartbeat_interval, lease.threshold / 16)
+        tick = min(self.settings.heartbeat_interval, lease.threshold / 32)
         while True:
-            await asyncio.sleep(tick)
             now = lease_clock()
-            if lease.must_exit(now):
-                stubborn = [r.job.id for r in self.running.values() if r.executing()]
-                if stubborn:
-                    log.critical(
-                        "lease expiring (%.1fs without a recorded heartbeat, threshold %.1fs) "
-                        "and job(s) %s ignore cancellation: exiting so that no other worker "
-                        "runs them while they still run",
+            if lease.must_fence(now):
+                if not self.fenced:
+                    self.fenced = True
+                    log.error(
+                        "no heartbeat recorded for %.1fs (threshold %.1fs): not fetching, and "
+                        "cancelling %d running job(s) before the lease runs out",
                         lease.silent_for(now),
                         lease.threshold,
-                        stubborn,
+                        len(self.running),
                     )
-                    write_termination_message(
-                        f"exit {int(ExitCode.FENCED)} (FENCED): lease expiring while job(s) "
-                        f"{stubborn} ignored cancellation"
-                    )
-                    logging.shutdown()
-                    os._exit(int(ExitCode.FENCED))
-            if lease.must_fence(now) and not self.fenced:
-                self.fenced = True
-                log.error(
-                    "no heartbeat recorded for %.1fs (threshold %.1fs): not fetching, and "
-                    "cancelling %d running job(s) before the lease runs out",
-                    lease.silent_for(now),
-                    lease.threshold,
-                    len(self.running),
-                )
                 self._cancel_running("lease")
+                await asyncio.sleep(tick)
+            else:
+                assert lease.renewed_at is not None  # registered before this loop starts
+                await asyncio.sleep(min(tick, lease.renewed_at + lease.fence_after - now))
+
+    def _exit_watch(self) -> None:
+        """Runs on its own thread: at 7/8 of the threshold without a recorded heartbeat, if
+        any task code still runs (sync code ignoring ctx.cancelled, an async task that
+        swallowed its cancellation, or one blocking the event loop), exit the process:
+        nothing else stops it, and others may take its jobs at the threshold. Sleeps until
+        the exact deadline, so the margin is what lease.py says."""
+        lease = self.lease
+        while not self._exit_watch_stop.is_set():
+            renewed = lease.renewed_at
+            now = lease_clock()
+            if renewed is None or now < renewed + lease.exit_after:
+                wait = lease.threshold / 32 if renewed is None else renewed + lease.exit_after - now
+                self._exit_watch_stop.wait(min(max(wait, 0.001), 1.0))
+                continue
+            stubborn = [r.job.id for r in list(self.running.values()) if r.executing()]
+            if stubborn:
+                self._die(
+                    f"lease expiring ({lease.silent_for(now):.1f}s without a recorded heartbeat, "
+                    f"threshold {lease.threshold:.1f}s) and job(s) {stubborn} still run: exiting "
+                    "so that no other worker runs them while they still run"
+                )
+            self._exit_watch_stop.wait(lease.threshold / 32)
+
+    @staticmethod
+    def _die(message: str) -> None:
+        """Exit now, from any thread. No logging call: a full stderr pipe would block it."""
+        write_termination_message(f"exit {int(ExitCode.FENCED)} (FENCED): {message}")
+        with contextlib.suppress(OSError):
+            os.set_blocking(2, False)
+            os.write(2, f"CRITICAL fleet_worker: {message}\n".encode())
+        os._exit(int(ExitCode.FENCED))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -765,11 +816,7 @@ class Worker:
             if self.lease.on_probation(lease_clock()):
                 continue  # others' silence may be our own outage's: judge no one yet
             try:
-                result = await self.maintenance.run(
-                    lambda c: sweep(
-                        c, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id
-                    )
-                )
+                result = await self.maintenance.run(self._sweep_unless_on_probation)
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 log.warning("sweep skipped: %s", first_line(exc))
                 continue
@@ -782,6 +829,13 @@ class Worker:
                     ", ".join(result.dead_pools),
                     result.released_jobs,
                 )
+
+    def _sweep_unless_on_probation(self, conn: psycopg.Connection) -> SweepResult:
+        # Checked again here, on the maintenance thread: the call may have waited behind a
+        # slow one, long enough for a failure to put this pool back on probation.
+        if self.lease.on_probation(lease_clock()):
+            return SweepResult(False, [], 0)
+        return sweep(conn, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id)
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -810,9 +864,19 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
         leftovers = list(self.running)
+        # A snapshot: a sync job leaves `running` when its asyncio task is cancelled, while
+        # its thread runs on.
+        runs = list(self.running.values())
         self._cancel_running("shutdown")
+        # Cooperative code stops within moments of being asked; what still runs after that
+        # is not released (another worker would run it alongside): it stays locked and the
+        # pool stays live-state, so the sweep frees it only once this process's lease ran out.
+        for _ in range(int(min(5.0, self.lease.threshold / 8) / 0.02)):
+            if not any(r.executing() for r in runs):
+                break
+            await asyncio.sleep(0.02)
+        still_running = [r.job.id for r in runs if r.executing()]
         await self._flush_completions(timeout=5)
-        final_state = "stopped"
         reason = self.exit_reason or "stopped"
         pool_id = self.pool_id
         # Finished but not yet recorded (the jobs connection may be what failed): complete
@@ -821,12 +885,13 @@ class Worker:
 
         def finish(conn: psycopg.Connection) -> int:
             with conn.transaction():
-                if finished:
-                    conn.execute(self.sql.complete, attempt_params(finished, pool_id))
+                self._complete_at_exit(conn, finished, pool_id)
                 released = release_pool_jobs(
-                    conn, self.schema, [pool_id], "interrupted: its worker shut down"
-                )
-                stop_pool(conn, self.schema, pool_id, reason=reason, state=final_state)
+                    conn, self.schema, [pool_id], "interrupted: its worker shut down",
+                    keep=still_running,
+                )  # fmt: skip
+                if not still_running:
+                    stop_pool(conn, self.schema, pool_id, reason=reason)
             return released
 
         try:
@@ -838,7 +903,33 @@ class Worker:
             return
         if leftovers or released:
             log.warning("released %d job(s) still running at shutdown: %s", released, leftovers)
+        if still_running:
+            log.warning(
+                "job(s) %s ignore cancellation: left locked until this pool's lease runs out "
+                "(%.0fs), so no other worker runs them alongside", still_running,
+                self.lease.threshold,
+            )  # fmt: skip
         self.exit_code = code
+
+    def _complete_at_exit(
+        self, conn: psycopg.Connection, finished: list[Job], pool_id: str
+    ) -> None:
+        """Record finished jobs inside the exit transaction; one the database refuses (a
+        constraint of the app's) must not roll back the release of all the others."""
+        if not finished:
+            return
+        try:
+            with conn.transaction():
+                conn.execute(self.sql.complete, attempt_params(finished, pool_id))
+            return
+        except psycopg.Error:
+            pass
+        for job in finished:
+            try:
+                with conn.transaction():
+                    conn.execute(self.sql.complete, attempt_params([job], pool_id))
+            except psycopg.Error as exc:
+                log.error("could not complete job %d at exit: %s", job.id, first_line(exc))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -93,7 +93,7 @@ def build(version: str, migrations: str, widget_column: str) -> App:
             ),
             [ctx.job_id, f"widget-{ctx.job_id}"],
         )
-        time.sleep(float(payload.get("sleep", 0)))
+        ctx.sleep(float(payload.get("sleep", 0)))  # stops when the worker asks
 
     @app.task("flaky")
     def flaky(payload: dict[str, Any], ctx: JobContext) -> None:
@@ -124,6 +124,13 @@ def build(version: str, migrations: str, widget_column: str) -> App:
     def span_stubborn(payload: dict[str, Any], ctx: JobContext) -> None:
         span_start(ctx, "stubborn")
         time.sleep(float(payload["s"]))  # ignores every request to stop
+        span_end(ctx, "done")
+
+    @app.task("span_blocking")
+    async def span_blocking(payload: dict[str, Any], ctx: JobContext) -> None:
+        # An async task that blocks the event loop: no heartbeat, no watchdog on the loop.
+        span_start(ctx, "blocking")
+        time.sleep(float(payload["s"]))  # noqa: ASYNC251 - the point of this task
         span_end(ctx, "done")
 
     @app.task("fail_after")
