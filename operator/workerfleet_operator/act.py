@@ -70,9 +70,18 @@ def act(fleet: Fleet, action: Action) -> str:
 
 
 def _create_pod(fleet: Fleet, action: CreatePod) -> str:
-    body = builders.worker_pod(fleet.name, fleet.uid, fleet.spec, fleet.revision, fleet.namespace)
-    # The client accepts plain manifests; its stubs only name its model classes.
-    pod = fleet.core.create_namespaced_pod(fleet.namespace, body)  # type: ignore[arg-type]
+    body = builders.worker_pod(
+        fleet.name, fleet.uid, fleet.spec, fleet.revision, fleet.namespace, action.name
+    )
+    try:
+        # The client accepts plain manifests; its stubs only name its model classes.
+        pod = fleet.core.create_namespaced_pod(fleet.namespace, body)  # type: ignore[arg-type]
+    except ApiException as exc:
+        if exc.status != 409 or not action.name:
+            raise
+        # Created already (by us before a restart, or by another replica on the same view):
+        # the slot is taken, which is what this action wanted.
+        return f"pod {action.name} exists already ({action.reason})"
     return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
 
 

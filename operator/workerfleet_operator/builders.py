@@ -52,6 +52,7 @@ def _pod_env(name: str, spec: WorkerFleetSpec) -> list[dict[str, Any]]:
         {"name": "WORKER_VERSION", "value": spec.version},
         {"name": "WORKER_IMAGE", "value": spec.image_ref},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -68,7 +69,7 @@ def _container_extras(spec: WorkerFleetSpec) -> dict[str, Any]:
         security.update(t.container_security_context.model_dump(by_alias=True, exclude_none=True))
     extras: dict[str, Any] = {"securityContext": security}
     if t.resources is not None:
-        extras["resources"] = t.resources
+        extras["resources"] = t.resources.model_dump(by_alias=True, exclude_none=True)
     return extras
 
 
@@ -166,8 +167,9 @@ def _owner(name: str, uid: str) -> dict[str, Any]:
 
 
 def worker_pod(
-    name: str, uid: str, spec: WorkerFleetSpec, rev: str, namespace: str
+    name: str, uid: str, spec: WorkerFleetSpec, rev: str, namespace: str, pod_name: str = ""
 ) -> dict[str, Any]:
+    """The pod of one slot; `pod_name` (from the planner) makes it deterministic."""
     labels = {
         **spec.template.labels,
         "app.kubernetes.io/name": "workerfleet",
@@ -180,7 +182,7 @@ def worker_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": f"{name}-{rev[:6]}-",
+            **({"name": pod_name} if pod_name else {"generateName": f"{name}-{rev[:6]}-"}),
             "labels": labels,
             "annotations": {**spec.template.annotations, f"{GROUP}/version": spec.version},
             "ownerReferences": [_owner(name, uid)],

@@ -12,6 +12,7 @@ import datetime
 import functools
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ from kubernetes import client, config
 
 from workerfleet_operator.act import drain_fleet
 from workerfleet_operator.builders import LABEL_FLEET
+from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
 from workerfleet_operator.reconcile import Clients, reconcile
@@ -39,6 +41,24 @@ _reconcilers = ThreadPoolExecutor(
 )
 _triggers: dict[tuple[str, str], asyncio.Event] = {}
 _clients: Clients | None = None
+_elector: LeaderElector | None = None
+
+
+def lease_settings() -> LeaseSettings:
+    """One Lease per installation: in the operator's namespace (POD_NAMESPACE, from the
+    downward API), named after the operator; the identity is the pod's name."""
+    return LeaseSettings(
+        name=os.environ.get("WORKERFLEET_LEASE_NAME", "workerfleet-operator"),
+        namespace=os.environ.get("WORKERFLEET_LEASE_NAMESPACE")
+        or os.environ.get("POD_NAMESPACE")
+        or "default",
+        identity=os.environ.get("WORKERFLEET_LEADER_IDENTITY")
+        or os.environ.get("POD_NAME")
+        or f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration=float(os.environ.get("WORKERFLEET_LEASE_DURATION", "15")),
+        renew_deadline=float(os.environ.get("WORKERFLEET_RENEW_DEADLINE", "10")),
+        retry_period=float(os.environ.get("WORKERFLEET_RETRY_PERIOD", "2")),
+    )
 
 
 def _trigger(namespace: str, fleet: str) -> asyncio.Event:
@@ -60,7 +80,13 @@ def configure(
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    _clients = Clients.from_default_config()
+    global _elector  # noqa: PLW0603 - one elector for the process
+    if os.environ.get("WORKERFLEET_LEADER_ELECTION", "true").lower() != "false":
+        _elector = LeaderElector(client.CoordinationV1Api(), lease_settings())
+        _elector.start()
+        _clients = Clients.from_default_config(is_leader=_elector.is_leader)
+    else:
+        _clients = Clients.from_default_config()
     if METRICS_PORT:
         METRICS.serve(METRICS_HOST, METRICS_PORT)
         logger.info("metrics on %s:%d/metrics", METRICS_HOST, METRICS_PORT)
@@ -68,6 +94,8 @@ def configure(
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    if _elector is not None:
+        _elector.stop(release=True)
     _reconcilers.shutdown(wait=False, cancel_futures=True)
     if _clients is not None:
         _clients.dbs.close()
@@ -90,7 +118,7 @@ async def fleet_daemon(
     loop = asyncio.get_running_loop()
     while not stopped:
         trigger.clear()
-        if _clients is not None:
+        if _clients is not None and _clients.is_leader():
             step = functools.partial(
                 reconcile,
                 _clients,

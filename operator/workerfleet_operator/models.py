@@ -56,6 +56,21 @@ class RolloutSpec(Model):
     )
 
 
+# What the API server accepts as a resource quantity (its own error message quotes this).
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+
+
+class ResourceRequirements(Model):
+    """A core/v1 ResourceRequirements, kept as written; quantities are checked by the CRD so
+    a typo is refused with its field's path instead of failing every pod creation."""
+
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="allow")
+
+    limits: dict[str, Quantity] | None = None
+    requests: dict[str, Quantity] | None = None
+
+
 class ContainerSecurityContext(Model):
     """A core/v1 SecurityContext, kept as written; typed only where the CRD checks it."""
 
@@ -71,7 +86,7 @@ class PodTemplate(Model):
 
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    resources: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
+    resources: ResourceRequirements | None = Field(None, json_schema_extra={"preserve": True})
     env: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"preserve": True})
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(
@@ -245,6 +260,12 @@ class WorkerFleetStatus(Model):
         None, description="latest applied migration, with the target while one is pending"
     )
     conditions: list[Condition] = Field(default_factory=list)
+    queue_runnable: int | None = Field(
+        None, description="at replicas 0: runnable jobs waiting (counted up to 10000)"
+    )
+    queue_oldest_age_seconds: float | None = Field(
+        None, description="at replicas 0: how long the oldest runnable job has waited"
+    )
     rollout_started_at: str | None = None
     migration_wait_started_at: str | None = None
     migration_wait_for: str | None = None

@@ -29,6 +29,7 @@ class PodInfo:
     # has ended (the current container's startedAt, or the finishedAt of the last one).
     ended_before: datetime | None = None
     last_message: str | None = None  # the last termination message (or log tail)
+    uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class PoolInfo:
     # The pool's start on its own host's clock (None: a release before core/0002).
     host_started_at: datetime | None = None
     sweep_threshold_s: float | None = None  # its own lease (None: judged by the fleet's)
+    pod_uid: str | None = None  # the pod it ran in (pod names are reused by slot)
+
+    def ran_in(self, pod: PodInfo) -> bool:
+        """Registered by this very pod: same name and, where recorded, the same uid."""
+        return self.pod_name == pod.name and self.pod_uid in (None, pod.uid)
 
     def knows(self, migration_id: str) -> bool:
         return any(m.id == migration_id for m in self.catalog)
@@ -69,6 +75,15 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class QueueInfo:
+    """Runnable jobs waiting (counted up to a cap) and the oldest one's age: read only at
+    replicas 0, where a backlog would otherwise go unseen."""
+
+    runnable: int
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True)
 class Observation:
     pods: tuple[PodInfo, ...]
     pools: tuple[PoolInfo, ...]  # every pool of this schema, in and outside Kubernetes
@@ -80,8 +95,9 @@ class Observation:
     # How long the operator has read this database without an error (since its own start
     # at most). Until that covers a sweep threshold, a pool's silence may be the outage's.
     database_ok_for_s: float = float("inf")
+    queue: QueueInfo | None = None
 
     def pool_of(self, pod: PodInfo) -> PoolInfo | None:
         """The newest pool registered by this pod (a restarted container registers anew)."""
-        mine = [p for p in self.pools if p.pod_name == pod.name]
+        mine = [p for p in self.pools if p.ran_in(pod)]
         return max(mine, key=lambda p: p.started_at) if mine else None

@@ -35,6 +35,7 @@ from workerfleet_operator.observation import (
     Observation,
     PodInfo,
     PoolInfo,
+    QueueInfo,
 )
 from workerfleet_operator.planner import APPROVAL_ANNOTATION
 
@@ -82,6 +83,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         running=running,
         ended_before=ended_before,
         last_message=message,
+        uid=meta.get("uid"),
     )
 
 
@@ -222,6 +224,7 @@ def pool_info(row: dict[str, Any]) -> PoolInfo:
         running_jobs=int(row["running_jobs"] or 0),
         host_started_at=_dt(row["host_started_at"]),
         sweep_threshold_s=row["sweep_threshold_s"],
+        pod_uid=row["pod_uid"],
     )
 
 
@@ -272,6 +275,25 @@ class Databases:
                 with contextlib.suppress(Exception):
                     conn.close()
             self._conns.clear()
+
+
+QUEUE_COUNT_CAP = 10_000
+
+
+def queue_info(conn: psycopg.Connection, schema: Schema) -> QueueInfo:
+    """Runnable jobs, counted along the fetch index up to a cap (a count of millions every
+    reconcile would cost more than the answer is worth), and the oldest run_at among them."""
+    row = conn.execute(
+        schema.q(
+            """select count(*), extract(epoch from now() - min(run_at))::float8 from (
+                   select run_at from {s}.jobs
+                   where locked_by is null and attempts < max_attempts and run_at <= now()
+                   order by priority, run_at, id limit %s) runnable"""
+        ),
+        [QUEUE_COUNT_CAP],
+    ).fetchone()
+    assert row is not None
+    return QueueInfo(runnable=int(row[0]), oldest_age_s=row[1])
 
 
 def database_url(core: client.CoreV1Api, namespace: str, spec: WorkerFleetSpec) -> str:
@@ -331,7 +353,7 @@ def observe(
     schema = Schema(spec.schema_name)
     threshold = spec.seconds("sweep_threshold")
 
-    def read(conn: psycopg.Connection) -> tuple[list[Any], list[dict[str, Any]]]:
+    def read(conn: psycopg.Connection) -> tuple[list[Any], list[dict[str, Any]], QueueInfo | None]:
         applied = applied_migrations(conn, schema)
         leased = any(m.id == LEASES for m in applied)
         rows = (
@@ -339,10 +361,11 @@ def observe(
             if applied
             else []
         )
-        return applied, rows
+        queue = queue_info(conn, schema) if applied and spec.replicas == 0 else None
+        return applied, rows, queue
 
     try:
-        applied, rows = dbs.run(url, read)
+        applied, rows, queue = dbs.run(url, read)
     except (DatabaseUnavailableError, psycopg.Error) as exc:
         return replace(base, database_error=str(exc).splitlines()[0]), url
     return (
@@ -351,6 +374,7 @@ def observe(
             applied=tuple(MigrationInfo(m.id, m.breaking) for m in applied),
             pools=tuple(pool_info(r) for r in rows),
             database_ok_for_s=dbs.ok_for(url),
+            queue=queue,
         ),
         url,
     )

@@ -13,8 +13,9 @@ The order of concerns, highest first:
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from fleet_worker.protocol import CORE_PROTOCOL
@@ -46,6 +47,9 @@ class NoAction:
 @dataclass(frozen=True)
 class CreatePod:
     reason: str
+    # Deterministic (the fleet, the revision, the lowest free slot): two operators acting at
+    # once on the same view create the same pod, and the API server refuses the second.
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,18 +148,22 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
     before a time by which the kubelet says every process of its container had ended (the
     current container's start, or the last one's finish; same node, same clock); or its pod
     restarted and a newer pool of the pod exists (one process per container at a time).
-    Not proofs: a container not reported running (the kubelet reports a new one late), and
-    a pod that is gone (force-deleted pods vanish while their process may still run). Those
-    pools are left to the sweep, which waits for their own lease."""
+    Not proofs: a container not reported running (the kubelet reports a new one late), a
+    pod that is gone (force-deleted pods vanish while their process may still run), and a
+    new pod that took the name of one that is gone (told apart by the pod uid). Those pools
+    are left to the sweep, which waits for their own lease."""
     pods = {p.name: p for p in obs.pods}
     by_pod: dict[str, list[PoolInfo]] = {}
     for pool in obs.pools:
         if pool.state in LIVE_POOL_STATES and pool.pod_name is not None and pool.fleet == fleet:
             by_pod.setdefault(pool.pod_name, []).append(pool)
     ended: list[PoolInfo] = []
-    for pod_name, pools in by_pod.items():
+    for pod_name, candidates in by_pod.items():
         pod = pods.get(pod_name)
-        if pod is None:
+        # A pool of an earlier pod of the same name (slots reuse names) is another process,
+        # which this pod's container times say nothing about.
+        pools = [p for p in candidates if pod is not None and p.ran_in(pod)]
+        if pod is None or not pools:
             continue
         newest = max(pools, key=lambda p: p.started_at)
         for pool in pools:
@@ -166,6 +174,16 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
             elif pod.restarts > 0 and pool is not newest:
                 ended.append(pool)
     return ended
+
+
+def schema_version(applied: tuple[MigrationInfo, ...], pending: list[MigrationInfo]) -> str | None:
+    """One readable string for the `kubectl get` Schema column: the latest applied migration,
+    with the target while migrations are pending."""
+    if not applied:
+        return f"-> {pending[-1].id}" if pending else None
+    if pending:
+        return f"{applied[-1].id} -> {pending[-1].id}"
+    return applied[-1].id
 
 
 def blocking_migrations(
@@ -210,7 +228,19 @@ def plan(
     """`namespace`: pools record their fleet as `namespace/name` (see builders); without it
     the bare name is matched (unit tests)."""
     fleet_id = f"{namespace}/{name}" if namespace else name
-    return _Planner(name, spec, generation, revision, obs, now, previous, fleet_id).run()
+    result = _Planner(name, spec, generation, revision, obs, now, previous, fleet_id).run()
+    if isinstance(result.action, CreatePod):
+        result.action = replace(result.action, name=pod_slot_name(name, revision, obs.pods))
+    return result
+
+
+def pod_slot_name(fleet: str, revision: str, pods: tuple[PodInfo, ...]) -> str:
+    """`<fleet>-<revision[:6]>-<n>` with the lowest n no pod (terminating ones included)
+    has: the same on every replica that sees the same pods."""
+    taken = {p.name for p in pods}
+    return next(
+        name for n in itertools.count() if (name := f"{fleet}-{revision[:6]}-{n}") not in taken
+    )
 
 
 class _Planner:
@@ -267,6 +297,9 @@ class _Planner:
                 pending=[m.id for m in pending],
                 pending_breaking=[m.id for m in pending if m.breaking],
             ),
+            schema_version=schema_version(self.obs.applied, pending),
+            queue_runnable=self.obs.queue.runnable if self.obs.queue else None,
+            queue_oldest_age_seconds=self.obs.queue.oldest_age_s if self.obs.queue else None,
             rollout_started_at=self.previous.rollout_started_at,
             migration_wait_started_at=self.previous.migration_wait_started_at,
             migration_wait_for=self.previous.migration_wait_for,
@@ -385,13 +418,29 @@ class _Planner:
     def _errors(self) -> Plan | None:
         if self.obs.secret_error:
             msg = self.obs.secret_error
-            return self.finish(NoAction(msg), "Failed", msg, progressing=("False", "SecretError"))
+            return self._blind(msg, "Failed", ("False", "SecretError"))
         if self.obs.database_error:
             msg = f"cannot read pools from the database: {self.obs.database_error}"
-            return self.finish(
-                NoAction(msg), "Degraded", msg, progressing=("False", "DatabaseUnavailable")
-            )
+            return self._blind(msg, "Degraded", ("False", "DatabaseUnavailable"))
         return None
+
+    def _blind(self, msg: str, phase: str, progressing: tuple[str, str]) -> Plan:
+        """The database cannot be read: what it last said still holds as far as anyone
+        knows (pools do not vanish because the operator lost its Secret), so keep it, and
+        say it is the last known state rather than report zero pools and an unknown schema."""
+        last = self.previous
+        self.status.active_pools = last.active_pools
+        self.status.outdated_pools = last.outdated_pools
+        self.status.schema_ = last.schema_.model_copy(deep=True)
+        self.status.schema_version = last.schema_version
+        self.status.queue_runnable = last.queue_runnable
+        self.status.queue_oldest_age_seconds = last.queue_oldest_age_seconds
+        known = next((c for c in last.conditions if c.type == "MigrationsApplied"), None)
+        schema: tuple[str, str, str] | None = None
+        if known is not None:
+            note = known.message.removesuffix(" (last known)")
+            schema = (known.status, known.reason, f"{note} (last known)")
+        return self.finish(NoAction(msg), phase, msg, progressing=progressing, schema=schema)
 
     def _recovery(self) -> Plan | None:
         ended = ended_pools(self.obs, self.fleet_id)
@@ -504,6 +553,8 @@ class _Planner:
 
     def _schema(self) -> Plan | None:
         spec = self.spec
+        if self.target is None and spec.replicas == 0 and not self.pods:
+            return None  # scaled to zero: no pod to learn a catalog from, nothing to migrate
         if self.target is None:
             if not self.new and spec.replicas > 0:
                 msg = f"starting a pod of version {spec.version} to learn its migrations"
@@ -738,6 +789,52 @@ class _Planner:
                 "RollingOut",
                 f"{len(self.ready)}/{replicas} pods ready",
             )
+        if replicas == 0:
+            queue = self.obs.queue
+            backlog = (
+                f": {queue.runnable} runnable job(s) waiting, the oldest for "
+                f"{queue.oldest_age_s or 0:.0f}s"
+                if queue is not None and queue.runnable
+                else ""
+            )
+            return self.finish(NoAction("scaled to zero"), "Ready", f"scaled to zero{backlog}")
         return self.finish(
             NoAction("up to date"), "Ready", f"{replicas} pod(s) of version {spec.version} ready"
         )
+
+
+def action_refused(
+    status: WorkerFleetStatus,
+    previous: WorkerFleetStatus,
+    *,
+    generation: int,
+    now: datetime,
+    what: str,
+    why: str,
+) -> WorkerFleetStatus:
+    """The status after the API server refused the planned action (an invalid pod from the
+    template, a quota, an admission policy): it says so in the API's own words, Ready and
+    Progressing False with reason ActionRefused, until a reconcile's action succeeds."""
+    message = f"the API server refused to {what}: {why}"
+    out = status.model_copy(deep=True)
+    out.phase, out.message = "Failed", message
+
+    def refused(c: Condition) -> Condition:
+        if c.type not in ("Ready", "Progressing"):
+            return c
+        before = next((p for p in previous.conditions if p.type == c.type), None)
+        changed = before is None or before.status != "False"
+        return c.model_copy(
+            update={
+                "status": "False",
+                "reason": "ActionRefused",
+                "message": message,
+                "observed_generation": generation,
+                "last_transition_time": iso(now)
+                if changed or before is None
+                else before.last_transition_time,
+            }
+        )
+
+    out.conditions = [refused(c) for c in out.conditions]
+    return out

@@ -3,14 +3,17 @@ Kopf handlers stay thin and tests can drive it against a real API server."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from workerfleet_operator import builders
 from workerfleet_operator.act import Fleet, act, post_event, write_status
@@ -18,7 +21,17 @@ from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases, observe
-from workerfleet_operator.planner import Plan, iso, plan
+from workerfleet_operator.planner import (
+    Action,
+    CreatePod,
+    DeleteJob,
+    DeletePod,
+    Plan,
+    RunMigration,
+    action_refused,
+    iso,
+    plan,
+)
 
 log = logging.getLogger("workerfleet_operator")
 
@@ -30,13 +43,15 @@ class Clients:
     custom: client.CustomObjectsApi
     dbs: Databases
     events: EventRecorder
+    # Whether this replica may act now (leader election); observing is always allowed.
+    is_leader: Callable[[], bool] = lambda: True
 
     @classmethod
-    def from_default_config(cls) -> Clients:
+    def from_default_config(cls, is_leader: Callable[[], bool] | None = None) -> Clients:
         api = client.ApiClient()
         core = client.CoreV1Api(api)
         return cls(core, client.BatchV1Api(api), client.CustomObjectsApi(api), Databases(),
-                   EventRecorder(core))  # fmt: skip
+                   EventRecorder(core), is_leader or (lambda: True))  # fmt: skip
 
 
 def previous_status(raw: dict[str, Any] | None) -> WorkerFleetStatus:
@@ -75,6 +90,29 @@ def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> Wor
     )
 
 
+def api_message(exc: ApiException) -> str:
+    """The API server's own sentence, not the client's dump of headers and body."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or exc)
+
+
+def describe_action(action: Action) -> str:
+    match action:
+        case CreatePod():
+            return "create a worker pod"
+        case DeletePod(name=pod):
+            return f"delete pod {pod}"
+        case RunMigration(to=to):
+            return f"create the migration Job up to {to}"
+        case DeleteJob(name=job):
+            return f"delete Job {job}"
+        case _:
+            return type(action).__name__
+
+
 def reconcile(
     clients: Clients,
     *,
@@ -105,10 +143,10 @@ def reconcile(
         core=clients.core, batch=clients.batch, dbs=clients.dbs, name=name,
         namespace=namespace, spec=spec, annotations=annotations,
     )  # fmt: skip
+    previous = previous_status(status_data)
     result = plan(
         name=name, spec=spec, generation=generation, revision=revision, obs=obs,
-        now=now or datetime.now(UTC), previous=previous_status(status_data),
-        namespace=namespace,
+        now=now or datetime.now(UTC), previous=previous, namespace=namespace,
     )  # fmt: skip
     fleet = Fleet(
         name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
@@ -116,17 +154,48 @@ def reconcile(
         events=clients.events, url=url,
     )  # fmt: skip
     outcome = "ok"
+    status = result.status
+    action_name = type(result.action).__name__
+    if not clients.is_leader():
+        # Lost the lease while observing: the new leader acts; writing this plan's status
+        # or acting on it now could undo or double what the leader does.
+        METRICS.observe_reconcile(time.perf_counter() - started, "not-leader", action_name)
+        return None
     try:
         done = act(fleet, result.action)
-        if type(result.action).__name__ != "NoAction":
+        if action_name != "NoAction":
             log.info("%s/%s: %s", namespace, name, done)
-            post_event(fleet, "Normal", type(result.action).__name__, done)
+            post_event(fleet, "Normal", action_name, done)
+    except ApiException as exc:
+        outcome = "error"
+        why = api_message(exc)
+        log.warning("%s/%s: %s refused: %s", namespace, name, action_name, why)
+        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (409, 429):
+            # The request itself is wrong (the template, a quota, a policy): retrying the
+            # same will not help, so the status says what the API server said.
+            status = action_refused(
+                status, previous, generation=generation, now=now or datetime.now(UTC),
+                what=describe_action(result.action), why=why,
+            )  # fmt: skip
+    except pydantic.ValidationError as exc:
+        # The Kubernetes client validates a body before sending it: refused all the same.
+        outcome = "error"
+        why = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        log.warning("%s/%s: %s refused by the client: %s", namespace, name, action_name, why)
+        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
+        status = action_refused(
+            status, previous, generation=generation, now=now or datetime.now(UTC),
+            what=describe_action(result.action), why=why,
+        )  # fmt: skip
     except Exception as exc:
         outcome = "error"
-        log.exception("%s/%s: %s failed", namespace, name, type(result.action).__name__)
-        post_event(fleet, "Warning", "ActionFailed", f"{type(result.action).__name__}: {exc}")
+        log.exception("%s/%s: %s failed", namespace, name, action_name)
+        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {exc}")
     for type_, reason, message in result.events:
         post_event(fleet, type_, reason, message)
-    write_status(fleet, result.status)
+    write_status(fleet, status)
     METRICS.observe_reconcile(time.perf_counter() - started, outcome, type(result.action).__name__)
     return result

@@ -81,12 +81,13 @@ def _image(app_dir: Path) -> Image:
 class OperatorProcess:
     """`kopf run` of our handlers with the admin kubeconfig, as a developer runs it."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_dir: Path, name: str = "operator") -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.name = name  # also its leader-election identity, kept across restarts
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = log_dir / "operator.log"
+        self.log_path = log_dir / f"{name}.log"
 
     def start(self) -> None:
         env = {
@@ -95,6 +96,7 @@ class OperatorProcess:
             "WORKERFLEET_RECONCILE_INTERVAL": "0.5",
             "WORKERFLEET_METRICS_PORT": str(self.metrics_port),
             "WORKERFLEET_METRICS_HOST": "127.0.0.1",
+            "WORKERFLEET_LEADER_IDENTITY": f"e2e-{self.name}",
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -288,6 +288,49 @@ def test_what_the_worker_would_refuse_the_api_server_refuses(fleet: FleetEnv) ->
     assert fleet.delete(timeout=60), "a 63-character fleet must be deletable"
 
 
+def test_a_pod_the_api_server_refuses_is_a_condition_in_its_words(fleet: FleetEnv) -> None:
+    """What the CRD can check it refuses with the field's path; what only the pod's own
+    validation catches (an env item without a name passes the CRD, which keeps env items as
+    written) must end in a condition in the API server's words, without flooding Events."""
+    with pytest.raises(ApiError) as bad:
+        fleet.apply("1", template={"resources": {"limits": {"cpu": "lots"}}})
+    assert "spec.template.resources.limits.cpu" in bad.value.body
+    fleet.apply("1", replicas=1, template={"env": [{"value": "no name"}]})
+
+    def refused() -> dict[str, Any] | None:
+        found = fleet.condition("Progressing")
+        return found if found and found["reason"] == "ActionRefused" else None
+
+    found = wait_until(refused, 60, "ActionRefused")
+    assert "env" in found["message"] and "name" in found["message"], found
+    assert fleet.condition("Ready")["reason"] == "ActionRefused"  # type: ignore[index]
+    time.sleep(6)  # three more reconciles, each refused again
+    posted = Counter(e["reason"] for e in fleet.events())
+    assert posted["ActionFailed"] == 1, posted
+    # Fixed, the fleet rolls out.
+    fleet.patch_spec(template={"env": [{"name": "GREETING", "value": "hi"}]})
+    fleet.wait_ready("1")
+
+
+def test_scaled_to_zero_with_a_backlog_says_so(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=1)
+    fleet.wait_ready("1")
+    assert fleet.get()["status"]["schemaVersion"] == "app/0001"  # the kubectl get column
+    fleet.patch_spec(replicas=0)
+    wait_until(lambda: fleet.pods() == [], 60, "scaled to zero")
+    for _ in range(5):
+        fleet.q("select ({s}.add_job('work')).id")
+
+    def backlog() -> dict[str, Any] | None:
+        status = fleet.get().get("status") or {}
+        return status if status.get("queueRunnable") == 5 else None
+
+    status = wait_until(backlog, 30, "the backlog in the status")
+    assert status["phase"] == "Ready" and "5 runnable job(s) waiting" in status["message"]
+    assert status["queueOldestAgeSeconds"] >= 0
+    assert fleet.condition("Ready")["status"] == "True"  # type: ignore[index]
+
+
 def test_a_crash_looping_version_says_why(fleet: FleetEnv) -> None:
     fleet.apply("1", replicas=1)
     fleet.wait_ready("1")

@@ -90,6 +90,8 @@ def test_base_holds_crd_namespace_rbac_and_operator(
         ("ServiceAccount", SERVICE_ACCOUNT),
         ("ClusterRole", "workerfleet-operator"),
         ("ClusterRoleBinding", "workerfleet-operator"),
+        ("Role", "workerfleet-operator-leader-election"),
+        ("RoleBinding", "workerfleet-operator-leader-election"),
         ("Deployment", "workerfleet-operator"),
     }
     # The base ships the generated CRD itself, not a copy.
@@ -143,6 +145,8 @@ def test_namespaced_install_grants_the_same_rules_in_one_namespace(
         ("RoleBinding", "workerfleet-operator"),
         ("ClusterRole", "workerfleet-operator-crds"),
         ("ClusterRoleBinding", "workerfleet-operator-crds"),
+        ("Role", "workerfleet-operator-leader-election"),
+        ("RoleBinding", "workerfleet-operator-leader-election"),
         ("Deployment", "workerfleet-operator"),
     }
     crds = (
@@ -190,9 +194,9 @@ def test_binding_gives_the_role_to_the_operator_service_account(
 def test_operator_deployment(base: dict[tuple[str, str], dict[str, Any]]) -> None:
     deployment = base[("Deployment", "workerfleet-operator")]
     spec = deployment["spec"]
-    # Standalone Kopf: two operators at once would fight, so one replica, never surged.
+    # Replicas take turns on a Lease, so a rolling update may overlap them.
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -222,6 +226,26 @@ def test_operator_deployment(base: dict[tuple[str, str], dict[str, Any]]) -> Non
     assert not {n for n in env if "DATABASE" in n or n.startswith("PG")}
     # Metrics listen on the pod address, or Prometheus could not reach them.
     assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # Leader election: the Lease in the pod's namespace, the pod's name as identity.
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_leader_election_may_touch_leases_in_its_namespace_only(
+    base: dict[tuple[str, str], dict[str, Any]],
+    namespaced: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    for install in (base, namespaced):
+        role = install[("Role", "workerfleet-operator-leader-election")]
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert _grants(role) == {
+            ("coordination.k8s.io", "leases", frozenset({"get", "create", "update"}))
+        }
+        binding = install[("RoleBinding", "workerfleet-operator-leader-election")]
+        assert binding["roleRef"]["name"] == "workerfleet-operator-leader-election"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+        ]
 
 
 def test_operator_image_entrypoint_matches_the_deployment(

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from fleet_worker.protocol import CORE_PROTOCOL
 from workerfleet_operator.models import WorkerFleetSpec, WorkerFleetStatus
-from workerfleet_operator.observation import JobInfo, MigrationInfo, Observation, PodInfo, PoolInfo
+from workerfleet_operator.observation import (
+    JobInfo,
+    MigrationInfo,
+    Observation,
+    PodInfo,
+    PoolInfo,
+    QueueInfo,
+)
 from workerfleet_operator.planner import (
     CreatePod,
     DeleteJob,
@@ -21,6 +28,7 @@ from workerfleet_operator.planner import (
     Plan,
     ReleasePools,
     RunMigration,
+    action_refused,
     migration_job_name,
     plan,
 )
@@ -595,3 +603,88 @@ def test_crash_looping_new_pods_say_why() -> None:
     # Said once, not on every reconcile.
     again = run(spec(), obs, previous=p.status)
     assert again.events == []
+
+
+def test_a_refused_action_is_said_in_the_api_servers_words() -> None:
+    pods, pools = old_fleet()
+    planned = run(spec(), Observation(pods=tuple(pods), pools=tuple(pools), applied=V1))
+    why = 'Pod "shop-x" is invalid: spec.containers[0].resources.limits[cpu]: Invalid value'
+    first = action_refused(planned.status, planned.status, generation=2, now=NOW,
+                           what="create a worker pod", why=why)  # fmt: skip
+    assert first.phase == "Failed" and why in first.message
+    assert cond_of(first, "Progressing") == ("False", "ActionRefused")
+    assert cond_of(first, "Ready") == ("False", "ActionRefused")
+    # Refused again later: the transition time stays that of the first refusal.
+    later = action_refused(planned.status, first, generation=2, now=NOW + timedelta(minutes=1),
+                           what="create a worker pod", why=why)  # fmt: skip
+    times = {c.type: c.last_transition_time for c in first.conditions}
+    assert all(c.last_transition_time == times[c.type] for c in later.conditions
+               if c.type in ("Ready", "Progressing"))  # fmt: skip
+
+
+def cond_of(status: WorkerFleetStatus, type_: str) -> tuple[str, str]:
+    c = next(c for c in status.conditions if c.type == type_)
+    return c.status, c.reason
+
+
+def test_schema_version_names_the_applied_schema_and_the_target() -> None:
+    pods, pools = old_fleet(catalog=V2)
+    steady = run(spec(version="1"), Observation(pods=tuple(pods), pools=tuple(pools), applied=V2))
+    assert steady.status.schema_version == "app/0002"
+    new = pod("new-0", NEW, ready=False)
+    waiting = pool("new-0", V3, state="waiting-for-schema", version="2")
+    obs = Observation(pods=(*pods, new), applied=V2, pools=(*pools, waiting))
+    assert run(spec(), obs).status.schema_version == "app/0002 -> app/0003"
+
+
+def test_a_fleet_at_zero_replicas_is_ready_and_says_so() -> None:
+    p = run(spec(replicas=0), Observation(pods=(), pools=(), applied=()))
+    assert p.status.phase == "Ready" and cond(p, "Ready") == ("True", "RolloutComplete")
+    assert isinstance(p.action, NoAction)
+    # With a backlog, scaling to zero is visible.
+    backlog = QueueInfo(runnable=1234, oldest_age_s=95.0)
+    p = run(spec(replicas=0), Observation(pods=(), pools=(), applied=V1, queue=backlog))
+    assert p.status.queue_runnable == 1234 and p.status.queue_oldest_age_seconds == 95
+    assert "1234 runnable job(s)" in p.status.message
+
+
+def test_an_unreadable_database_keeps_the_last_known_counts() -> None:
+    pods, pools = old_fleet()
+    seen = run(spec(version="1"), Observation(pods=tuple(pods), pools=tuple(pools), applied=V1))
+    assert seen.status.active_pools == 3
+    for broken in (
+        Observation(pods=tuple(pods), pools=(), applied=(), secret_error="Secret x not found"),
+        Observation(pods=tuple(pods), pools=(), applied=(), database_error="timeout"),
+    ):
+        p = run(spec(version="1"), broken, previous=seen.status)
+        assert p.status.active_pools == 3 and p.status.schema_.applied == ["core/0002"]
+        assert p.status.schema_version == seen.status.schema_version
+        status, reason = cond(p, "MigrationsApplied")
+        assert (status, reason) == ("True", "UpToDate")
+        applied = next(c for c in p.status.conditions if c.type == "MigrationsApplied")
+        assert "last known" in applied.message
+
+
+def test_a_pool_of_an_earlier_pod_with_the_same_name_is_left_to_its_lease() -> None:
+    """Slot names are reused: a force-deleted pod's process may still run while a new pod of
+    the same name starts; the new container's times prove nothing about the old process."""
+    pods, pools = old_fleet()
+    successor = replace(pods[0], uid="uid-new", ended_before=NOW - timedelta(seconds=2))
+    earlier = replace(pools[0], pod_uid="uid-old", host_started_at=NOW - timedelta(seconds=90))
+    obs = Observation(pods=(successor, *pods[1:]), pools=(earlier, *pools[1:]), applied=V1)
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
+    # The same pod (same uid) that restarted: that proof holds.
+    same = replace(earlier, pod_uid="uid-new")
+    obs = Observation(pods=(successor, *pods[1:]), pools=(same, *pools[1:]), applied=V1)
+    assert isinstance(run(spec(version="1"), obs).action, ReleasePools)
+
+
+def test_pods_are_named_by_slot_so_two_operators_create_the_same_one() -> None:
+    pods, pools = old_fleet()
+    first = run(spec(), Observation(pods=tuple(pods), pools=tuple(pools), applied=V1))
+    assert isinstance(first.action, CreatePod) and first.action.name == f"shop-{NEW[:6]}-0"
+    taken = (*pods, pod(f"shop-{NEW[:6]}-0", NEW, ready=False, terminating=True))
+    again = plan(name="shop", spec=spec(replicas=4, rollout={"maxSurge": 2}), generation=2,
+                 revision=NEW, obs=Observation(pods=taken, pools=tuple(pools), applied=V1),
+                 now=NOW, previous=WorkerFleetStatus())  # fmt: skip
+    assert isinstance(again.action, CreatePod) and again.action.name == f"shop-{NEW[:6]}-1"

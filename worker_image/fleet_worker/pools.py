@@ -27,6 +27,7 @@ class PoolIdentity:
     version: str
     image: str | None
     pod_name: str | None
+    pod_uid: str | None
     node_name: str | None
     hostname: str
     pid: int
@@ -38,6 +39,7 @@ class PoolIdentity:
             version=version,
             image=os.environ.get("WORKER_IMAGE") or None,
             pod_name=os.environ.get("POD_NAME") or None,
+            pod_uid=os.environ.get("POD_UID") or None,
             node_name=os.environ.get("NODE_NAME") or None,
             hostname=socket.gethostname(),
             pid=os.getpid(),
@@ -62,9 +64,9 @@ def register_pool(
         schema.q(
             """insert into {s}.pools (pool_id, fleet, version, image, pod_name, node_name,
                    hostname, pid, mode, catalog, state, concurrency, heartbeat_interval_s,
-                   sweep_threshold_s, host_started_at)
+                   sweep_threshold_s, host_started_at, pod_uid)
                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'starting', %s, %s,
-                       %s, %s)"""
+                       %s, %s, %s)"""
         ),
         [
             pool_id,
@@ -81,6 +83,7 @@ def register_pool(
             heartbeat_interval_s,
             sweep_threshold_s,
             datetime.now(UTC),
+            who.pod_uid,
         ],
     )
     return pool_id
@@ -164,7 +167,7 @@ _POOL_COLUMNS = (
     "pool_id", "fleet", "version", "image", "pod_name", "node_name", "hostname", "pid", "mode",
     "state", "concurrency", "running_jobs", "reason", "wants_migration", "started_at",
     "heartbeat_at", "stopped_at", "heartbeat_age_s", "live", "catalog", "sweep_threshold_s",
-    "host_started_at",
+    "host_started_at", "pod_uid",
 )  # fmt: skip
 
 
@@ -191,9 +194,9 @@ def pools_report(
         else schema.q("")
     )
     lease_columns = (
-        sql.SQL("p.sweep_threshold_s, p.host_started_at")
+        sql.SQL("p.sweep_threshold_s, p.host_started_at, p.pod_uid")
         if leased
-        else sql.SQL("null::float8, null::timestamptz")
+        else sql.SQL("null::float8, null::timestamptz, null::text")
     )
     query = (
         schema.q(
