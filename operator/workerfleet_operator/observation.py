@@ -30,6 +30,7 @@ class PodInfo:
     ended_before: datetime | None = None
     last_message: str | None = None  # the last termination message (or log tail)
     uid: str | None = None
+    waiting_message: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from workerfleet_operator.observation import (
     PoolInfo,
     QueueInfo,
 )
-from workerfleet_operator.planner import APPROVAL_ANNOTATION
+from workerfleet_operator.planner import APPROVAL_ANNOTATION, START_FAILURES
 
 
 def _dt(value: Any) -> datetime | None:
@@ -54,7 +54,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     workers = [c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER]
-    exit_code = finished = waiting = ended_before = message = None
+    exit_code = finished = waiting = ended_before = message = waiting_message = None
     restarts = 0
     running = False
     if workers:
@@ -66,6 +66,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
             exit_code, finished = terminated.get("exitCode"), _dt(terminated.get("finishedAt"))
             message = terminated.get("message") or None
         waiting = (state.get("waiting") or {}).get("reason")
+        waiting_message = (state.get("waiting") or {}).get("message")
         running = "running" in state
         ended_before = container_ended_before(state, last)
     return PodInfo(
@@ -84,6 +85,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         ended_before=ended_before,
         last_message=message,
         uid=meta.get("uid"),
+        waiting_message=waiting_message,
     )
 
 
@@ -117,17 +119,6 @@ def job_info(job: dict[str, Any]) -> JobInfo:
     )
 
 
-# Waiting reasons that do not go away by waiting a few seconds more.
-BLOCKED_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "ErrImageNeverPull",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    }
-)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
 
@@ -136,7 +127,7 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     status = pod.get("status") or {}
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in BLOCKED_REASONS:
+        if waiting.get("reason") in START_FAILURES:
             return f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":

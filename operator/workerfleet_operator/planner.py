@@ -36,6 +36,18 @@ APPROVAL_ANNOTATION = "workerfleet.dev/approve-migration"
 CLOCK_STEP_MARGIN = timedelta(seconds=2)
 
 
+# Waiting reasons of a container that will not start by waiting a little longer.
+START_FAILURES = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
 # -- actions ------------------------------------------------------------------------------
 
 
@@ -530,6 +542,21 @@ class _Planner:
             self.event("Warning", "PodsCrashLooping", msg)
         return self.finish(NoAction(msg), "CrashLoopBackOff", msg)
 
+    def _cannot_start(self) -> Plan | None:
+        """New pods whose container cannot even start (the image cannot be pulled, a Secret
+        or ConfigMap it needs is missing) say so, in the kubelet's words."""
+        stuck = [p for p in self.new if p.waiting_reason in START_FAILURES]
+        if not stuck:
+            return None
+        pod = stuck[0]
+        msg = (
+            f"pod {pod.name} of version {self.spec.version} cannot start: "
+            f"{pod.waiting_reason}: {(pod.waiting_message or 'no message')[:300]}"
+        )
+        if self.previous.phase != "Degraded":
+            self.event("Warning", "PodsCannotStart", msg)
+        return self.finish(NoAction(msg), "Degraded", msg)
+
     def _paused(self) -> Plan | None:
         if not self.spec.paused:
             return None
@@ -572,7 +599,7 @@ class _Planner:
                         f"installing the {CORE_PROTOCOL} protocol schema",
                     )
                 return self._migrate(CORE_PROTOCOL, breaking=False)
-            return self.finish(
+            return self._cannot_start() or self.finish(
                 NoAction("waiting for a new pod to register"),
                 "RollingOut",
                 f"waiting for a pod of version {spec.version} to register",
@@ -761,7 +788,7 @@ class _Planner:
             if step is not None:
                 return step
             ready_new = sum(1 for p in new if p.ready)
-            return self.finish(
+            return self._cannot_start() or self.finish(
                 NoAction("waiting for new pods to be ready"),
                 "RollingOut",
                 f"{ready_new}/{replicas} new pods ready",
@@ -784,7 +811,7 @@ class _Planner:
                 f"{len(pods)}/{replicas} pods: removing {victim.name}",
             )
         if self.terminating or not all(p.ready for p in pods):
-            return self.finish(
+            return self._cannot_start() or self.finish(
                 NoAction("waiting for readiness"),
                 "RollingOut",
                 f"{len(self.ready)}/{replicas} pods ready",

@@ -688,3 +688,15 @@ def test_pods_are_named_by_slot_so_two_operators_create_the_same_one() -> None:
                  revision=NEW, obs=Observation(pods=taken, pools=tuple(pools), applied=V1),
                  now=NOW, previous=WorkerFleetStatus())  # fmt: skip
     assert isinstance(again.action, CreatePod) and again.action.name == f"shop-{NEW[:6]}-1"
+
+
+def test_a_new_pod_that_cannot_start_says_why() -> None:
+    pods, pools = old_fleet()
+    pulling = pod("new-0", NEW, ready=False, running=False, waiting_reason="ImagePullBackOff",
+                  waiting_message='Back-off pulling image "shop:2"')  # fmt: skip
+    obs = Observation(pods=(*pods, pulling), pools=tuple(pools), applied=V1)
+    p = run(spec(), obs)
+    assert p.status.phase == "Degraded" and "ImagePullBackOff" in p.status.message
+    assert 'pulling image "shop:2"' in p.status.message
+    assert [e[1] for e in p.events] == ["PodsCannotStart"]
+    assert run(spec(), obs, previous=p.status).events == []
