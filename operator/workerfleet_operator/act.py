@@ -32,6 +32,10 @@ from workerfleet_operator.planner import (
 log = logging.getLogger("workerfleet_operator")
 
 
+class RefusedError(RuntimeError):
+    """The action cannot succeed as planned, for a reason the status should state."""
+
+
 class Fleet:
     """Who the actions are for: the fleet's identity and its clients."""
 
@@ -80,7 +84,14 @@ def _create_pod(fleet: Fleet, action: CreatePod) -> str:
         if exc.status != 409 or not action.name:
             raise
         # Created already (by us before a restart, or by another replica on the same view):
-        # the slot is taken, which is what this action wanted.
+        # the slot is taken, which is what this action wanted, if the pod is this fleet's.
+        existing = fleet.core.read_namespaced_pod(action.name, fleet.namespace)
+        owners = (existing.metadata.owner_references if existing.metadata else None) or []
+        if not any(o.uid == fleet.uid for o in owners):
+            raise RefusedError(
+                f"a pod named {action.name} exists and does not belong to this fleet; "
+                "delete or rename it"
+            ) from exc
         return f"pod {action.name} exists already ({action.reason})"
     return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
 

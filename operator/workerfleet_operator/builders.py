@@ -69,8 +69,21 @@ def _container_extras(spec: WorkerFleetSpec) -> dict[str, Any]:
         security.update(t.container_security_context.model_dump(by_alias=True, exclude_none=True))
     extras: dict[str, Any] = {"securityContext": security}
     if t.resources is not None:
-        extras["resources"] = t.resources.model_dump(by_alias=True, exclude_none=True)
+        extras["resources"] = _quantities_as_strings(t.resources)
     return extras
+
+
+def _quantities_as_strings(resources: dict[str, Any]) -> dict[str, Any]:
+    """`cpu: 1` is a quantity in YAML (int-or-string); the Kubernetes client takes strings."""
+    out = dict(resources)
+    for part in ("limits", "requests"):
+        values = out.get(part)
+        if isinstance(values, dict):
+            out[part] = {
+                k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in values.items()
+            }
+    return out
 
 
 def _pod_extras(spec: WorkerFleetSpec) -> dict[str, Any]:

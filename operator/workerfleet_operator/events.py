@@ -30,6 +30,16 @@ class _Posted:
     last: float
 
 
+MAX_MESSAGE_BYTES = 1024  # what the API server takes in an Event with eventTime set
+
+
+def _fit(message: str) -> str:
+    data = message.encode("utf-8")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    return data[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -46,7 +56,7 @@ class EventRecorder:
         self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
     ) -> None:
         """Never raises: an event is not worth failing a reconcile."""
-        message = message[:1024]
+        message = _fit(message)
         now = self._clock()
         with self._lock:
             self._expire(now)
@@ -56,7 +66,7 @@ class EventRecorder:
                 stamps.append(now)
                 if len(stamps) > MAX_DISTINCT:
                     key = (namespace, uid, type_, reason, "(combined from similar events)")
-                    message = f"(combined from similar events): {message}"
+                    message = _fit(f"(combined from similar events): {message}")
             posted = self._posted.get(key)
             if posted is not None:
                 posted.count += 1
@@ -83,6 +93,8 @@ class EventRecorder:
                 with self._lock:  # expired or deleted on the server: post afresh next time
                     self._posted.pop(key, None)
             log.warning("could not post event %s: %s", reason, exc.reason)
+        except Exception as exc:  # the API server away, a client-side check: never fatal
+            log.warning("could not post event %s: %s", reason, exc)
 
     def _expire(self, now: float) -> None:
         for key in [k for k, p in self._posted.items() if now - p.last > WINDOW_S]:

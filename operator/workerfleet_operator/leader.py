@@ -61,13 +61,23 @@ class LeaderElector:
         self._leading_until = 0.0
         self._seen: tuple[str, float] | None = None  # (resourceVersion, when first seen)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one step or stop at a time
+        self._thread: threading.Thread | None = None
         self.transitions = 0
+        # Every API call returns well within the renew deadline, or the thread could hang
+        # on a half-open connection and never lead again.
+        self._timeout = max(1.0, settings.renew_deadline / 2)
 
     def is_leader(self) -> bool:
         return self._clock() < self._leading_until
 
     def step(self) -> None:
         """One attempt to acquire or renew; never raises (the API may be away)."""
+        with self._lock:
+            if not self._stop.is_set():
+                self._step()
+
+    def _step(self) -> None:
         s = self.settings
         started = self._clock()
         try:
@@ -99,7 +109,12 @@ class LeaderElector:
                 spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             lease["spec"] = spec
             # resourceVersion in the body: the API server refuses (409) a stale update.
-            self.api.replace_namespaced_lease(s.name, s.namespace, lease)  # type: ignore[arg-type]
+            self.api.replace_namespaced_lease(
+                s.name,
+                s.namespace,
+                lease,  # type: ignore[arg-type]
+                _request_timeout=self._timeout,
+            )
             self._won(started, acquired=acquired)
         except ApiException as exc:
             if exc.status != 409:
@@ -113,7 +128,7 @@ class LeaderElector:
         s = self.settings
         try:
             response: Any = self.api.read_namespaced_lease(
-                s.name, s.namespace, _preload_content=False
+                s.name, s.namespace, _preload_content=False, _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -137,7 +152,11 @@ class LeaderElector:
                 "leaseTransitions": 0,
             },
         }
-        self.api.create_namespaced_lease(s.namespace, body)  # type: ignore[arg-type]
+        self.api.create_namespaced_lease(
+            s.namespace,
+            body,  # type: ignore[arg-type]
+            _request_timeout=self._timeout,
+        )
 
     def _won(self, started: float, *, acquired: bool) -> None:
         was = self.is_leader()
@@ -159,17 +178,23 @@ class LeaderElector:
             self._stop.wait(self.settings.retry_period)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="leader-election", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self.run, name="leader-election", daemon=True)
+        self._thread.start()
+        return self._thread
 
     def stop(self, *, release: bool = True) -> None:
-        """Stop renewing; give the Lease up if we hold it, so a successor starts at once."""
+        """Stop renewing; give the Lease up if we hold it, so a successor starts at once.
+        Under the step lock: a renewal in flight cannot make us leader again afterwards."""
         self._stop.set()
-        leading = self.is_leader()
-        self._leading_until = 0.0
-        if not (release and leading):
-            return
+        with self._lock:
+            leading = self.is_leader()
+            self._leading_until = 0.0
+            if release and leading:
+                self._release()
+        if self._thread is not None:
+            self._thread.join(timeout=self._timeout)
+
+    def _release(self) -> None:
         try:
             lease = self._read()
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != (
@@ -179,7 +204,12 @@ class LeaderElector:
             lease["spec"]["holderIdentity"] = ""
             lease["spec"]["leaseDurationSeconds"] = 1
             s = self.settings
-            self.api.replace_namespaced_lease(s.name, s.namespace, lease)  # type: ignore[arg-type]
+            self.api.replace_namespaced_lease(
+                s.name,
+                s.namespace,
+                lease,  # type: ignore[arg-type]
+                _request_timeout=self._timeout,
+            )
             log.info("leader election: %s released the Lease", self.settings.identity)
         except Exception as exc:
             log.warning("leader election: could not release the Lease: %s", exc)

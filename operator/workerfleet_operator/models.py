@@ -56,21 +56,6 @@ class RolloutSpec(Model):
     )
 
 
-# What the API server accepts as a resource quantity (its own error message quotes this).
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
-
-
-class ResourceRequirements(Model):
-    """A core/v1 ResourceRequirements, kept as written; quantities are checked by the CRD so
-    a typo is refused with its field's path instead of failing every pod creation."""
-
-    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="allow")
-
-    limits: dict[str, Quantity] | None = None
-    requests: dict[str, Quantity] | None = None
-
-
 class ContainerSecurityContext(Model):
     """A core/v1 SecurityContext, kept as written; typed only where the CRD checks it."""
 
@@ -86,7 +71,9 @@ class PodTemplate(Model):
 
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    resources: ResourceRequirements | None = Field(None, json_schema_extra={"preserve": True})
+    # Kept as written: quantities may be numbers or strings (`cpu: 1`, `memory: 64Mi`), and
+    # a malformed one is reported in the API server's words when the pod is refused.
+    resources: dict[str, Any] | None = Field(None, json_schema_extra={"preserve": True})
     env: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"preserve": True})
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(
@@ -211,9 +198,9 @@ SPEC_VALIDATIONS = [
 # What a WorkerFleet may not ask of its pods, whoever may create one (see docs/security.md).
 TEMPLATE_VALIDATIONS = [
     {
-        "rule": "!has(self.containerSecurityContext) || "
+        "rule": "!has(self.containerSecurityContext) || self.containerSecurityContext == null || "
         "!has(self.containerSecurityContext.privileged) || "
-        "!self.containerSecurityContext.privileged",
+        "self.containerSecurityContext.privileged != true",
         "message": "privileged worker containers are refused",
         "fieldPath": ".containerSecurityContext.privileged",
     },

@@ -174,7 +174,11 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
         pod = pods.get(pod_name)
         # A pool of an earlier pod of the same name (slots reuse names) is another process,
         # which this pod's container times say nothing about.
-        pools = [p for p in candidates if pod is not None and p.ran_in(pod)]
+        # Without a recorded uid (a worker image older than core/0002's pod_uid) a pool
+        # cannot be tied to this pod rather than an earlier one of the same name: no proof.
+        pools = [
+            p for p in candidates if pod is not None and p.pod_uid is not None and p.ran_in(pod)
+        ]
         if pod is None or not pools:
             continue
         newest = max(pools, key=lambda p: p.started_at)
@@ -520,6 +524,8 @@ class _Planner:
     def _crash_looping(self) -> Plan | None:
         """New pods that keep exiting say why (their termination message, or the log tail),
         in the status and in one Event, instead of "waiting for a pod to register"."""
+        if self.spec.replicas == 0:
+            return None  # being scaled away: their failures no longer matter
         crashing = [
             p
             for p in self.new
@@ -546,7 +552,7 @@ class _Planner:
         """New pods whose container cannot even start (the image cannot be pulled, a Secret
         or ConfigMap it needs is missing) say so, in the kubelet's words."""
         stuck = [p for p in self.new if p.waiting_reason in START_FAILURES]
-        if not stuck:
+        if not stuck or self.spec.replicas == 0:
             return None
         pod = stuck[0]
         msg = (
@@ -580,8 +586,10 @@ class _Planner:
 
     def _schema(self) -> Plan | None:
         spec = self.spec
-        if self.target is None and spec.replicas == 0 and not self.pods:
-            return None  # scaled to zero: no pod to learn a catalog from, nothing to migrate
+        if self.target is None and spec.replicas == 0:
+            # Scaled to zero: nothing to learn a catalog from or to migrate for; scaling down
+            # (also out of a broken rollout) is all there is to do.
+            return None
         if self.target is None:
             if not self.new and spec.replicas > 0:
                 msg = f"starting a pod of version {spec.version} to learn its migrations"

@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from workerfleet_operator import builders
-from workerfleet_operator.act import Fleet, act, post_event, write_status
+from workerfleet_operator.act import Fleet, RefusedError, act, post_event, write_status
 from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
@@ -178,11 +178,15 @@ def reconcile(
                 status, previous, generation=generation, now=now or datetime.now(UTC),
                 what=describe_action(result.action), why=why,
             )  # fmt: skip
-    except pydantic.ValidationError as exc:
+    except (pydantic.ValidationError, RefusedError) as exc:
         # The Kubernetes client validates a body before sending it: refused all the same.
         outcome = "error"
-        why = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+        why = (
+            str(exc)
+            if isinstance(exc, RefusedError)
+            else "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+            )
         )
         log.warning("%s/%s: %s refused by the client: %s", namespace, name, action_name, why)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
@@ -196,6 +200,7 @@ def reconcile(
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {exc}")
     for type_, reason, message in result.events:
         post_event(fleet, type_, reason, message)
-    write_status(fleet, status)
+    if clients.is_leader():  # the lease may have been lost while acting
+        write_status(fleet, status)
     METRICS.observe_reconcile(time.perf_counter() - started, outcome, type(result.action).__name__)
     return result

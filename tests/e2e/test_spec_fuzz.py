@@ -49,6 +49,7 @@ CAUSES: dict[str, tuple[str, ...]] = {
     "an image that cannot be pulled": ("ErrImagePull", "ImagePullBackOff"),
     "an env item without a name": ("env", "name"),
     "a label key the API refuses": ("bad key!",),
+    "a malformed quantity": ("quantities must match",),
 }
 specs = st.lists(st.sampled_from(sorted(MISTAKES)), max_size=2, unique=True).map(
     lambda names: (names, _merge({"version": "1", "replicas": 1}, *(MISTAKES[n] for n in names)))

@@ -96,3 +96,12 @@ def test_pods_are_locked_down_unless_the_template_says_otherwise() -> None:
         "capabilities": {"drop": ["NET_RAW"]},
     }
     assert pod["automountServiceAccountToken"] is True
+
+
+def test_numeric_quantities_become_strings() -> None:
+    """YAML users write `cpu: 1` (int-or-string in Kubernetes); the client wants strings."""
+    s = spec(template={"resources": {"limits": {"cpu": 1, "memory": "64Mi"},
+                                     "requests": {"cpu": 0.5}}})  # fmt: skip
+    container = worker_pod("shop", "uid", s, "0123456789abcdef", "shop")["spec"]["containers"][0]
+    assert container["resources"] == {"limits": {"cpu": "1", "memory": "64Mi"},
+                                      "requests": {"cpu": "0.5"}}  # fmt: skip

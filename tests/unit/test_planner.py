@@ -70,7 +70,7 @@ def pod(
     return PodInfo(
         name=name, revision=rev, version=version or ("2" if rev == NEW else "1"),
         created_at=NOW - timedelta(seconds=age_s), phase="Running", ready=ready,
-        terminating=kw.pop("terminating", False), **kw,
+        terminating=kw.pop("terminating", False), uid=kw.pop("uid", f"uid-{name}"), **kw,
     )  # fmt: skip
 
 
@@ -87,7 +87,7 @@ def pool(
     return PoolInfo(
         pool_id=f"pool-{pod_name or 'ext'}-{version}", fleet=fleet, pod_name=pod_name,
         version=version, state=state, live=live, started_at=NOW - timedelta(seconds=started_s),
-        catalog=catalog,
+        catalog=catalog, pod_uid=f"uid-{pod_name}" if pod_name else None,
     )  # fmt: skip
 
 
@@ -313,14 +313,19 @@ def test_a_terminated_container_releases_its_pool_at_once() -> None:
     assert run(spec(version="1"), obs).action == ReleasePools(
         (pools[0].pool_id,), "its container terminated"
     )
-    # Pools that registered no host start (older releases): the restart count still proves
-    # that every pool but the newest of a restarted pod ended.
+    # Pools that registered no host start: the restart count still proves that every pool
+    # but the newest of a restarted pod ended.
     legacy_newer = replace(pools[0], pool_id="pool-new", started_at=NOW - timedelta(seconds=1))
     obs = Observation(pods=(replace(pods[0], restarts=1), *pods[1:]),
                       pools=(*pools, legacy_newer), applied=V1)  # fmt: skip
     assert run(spec(version="1"), obs).action == ReleasePools(
         (pools[0].pool_id,), "its container terminated"
     )
+    # Without a pod uid a pool cannot be told from one of an earlier pod of the same name.
+    no_uid = [replace(p, pod_uid=None) for p in (*pools, legacy_newer)]
+    obs = Observation(pods=(replace(pods[0], restarts=1), *pods[1:]), pools=tuple(no_uid),
+                      applied=V1)  # fmt: skip
+    assert not isinstance(run(spec(version="1"), obs).action, ReleasePools)
     # Pools of another fleet sharing the schema are never touched.
     foreign = replace(on_host[0], fleet="elsewhere/shop")
     obs = Observation(pods=(crashed, *pods[1:]), pools=(foreign, *on_host[1:]), applied=V1)
@@ -700,3 +705,15 @@ def test_a_new_pod_that_cannot_start_says_why() -> None:
     assert 'pulling image "shop:2"' in p.status.message
     assert [e[1] for e in p.events] == ["PodsCannotStart"]
     assert run(spec(), obs, previous=p.status).events == []
+
+
+def test_scaling_to_zero_stops_a_broken_rollout() -> None:
+    """Scaled to zero because the new release crash-loops or cannot be pulled: the pods go,
+    whatever their state, and no catalog needs learning first."""
+    for broken in (
+        pod("new-0", NEW, ready=False, running=False, restarts=3, last_exit_code=1,
+            waiting_reason="CrashLoopBackOff", last_message="boom"),
+        pod("new-0", NEW, ready=False, running=False, waiting_reason="ErrImagePull"),
+    ):  # fmt: skip
+        p = run(spec(replicas=0), Observation(pods=(broken,), pools=(), applied=V1))
+        assert p.action == DeletePod("new-0", "scale down"), p.action
