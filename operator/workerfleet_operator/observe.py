@@ -37,7 +37,7 @@ from workerfleet_operator.observation import (
     PoolInfo,
     QueueInfo,
 )
-from workerfleet_operator.planner import APPROVAL_ANNOTATION, START_FAILURES
+from workerfleet_operator.planner import APPROVAL_ANNOTATION, START_FAILURES, last_line
 
 
 def _dt(value: Any) -> datetime | None:
@@ -139,11 +139,9 @@ def _termination_tail(pod: dict[str, Any]) -> str | None:
     """The last line of what the pod's container said when it ended (its termination
     message, or the log tail the kubelet put there)."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated") or {}
-        lines = [line.strip() for line in (terminated.get("message") or "").splitlines()]
-        lines = [line for line in lines if line]
-        if lines:
-            return lines[-1][:300]
+        tail = last_line(((cs.get("state") or {}).get("terminated") or {}).get("message"))
+        if tail:
+            return tail
     return None
 
 

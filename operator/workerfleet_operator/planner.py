@@ -192,6 +192,13 @@ def ended_pools(obs: Observation, fleet: str) -> list[PoolInfo]:
     return ended
 
 
+def last_line(text: str | None, limit: int = 300) -> str | None:
+    """The last non-empty line of a termination message or log tail: where a traceback or
+    the worker's own `fleet-worker: ...` line says what went wrong."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else None
+
+
 def schema_version(applied: tuple[MigrationInfo, ...], pending: list[MigrationInfo]) -> str | None:
     """One readable string for the `kubectl get` Schema column: the latest applied migration,
     with the target while migrations are pending."""
@@ -537,16 +544,13 @@ class _Planner:
         if not crashing:
             return None
         pod = crashing[0]
-        lines = [line.strip() for line in (pod.last_message or "").splitlines() if line.strip()]
-        why = lines[-1][:300] if lines else "no termination message; see its log"
+        why = last_line(pod.last_message) or "no termination message; see its log"
         msg = (
             f"pod {pod.name} of version {self.spec.version} is crash-looping "
             f"({pod.waiting_reason or 'restarting'}, exit code {pod.last_exit_code}, "
             f"{pod.restarts} restarts): {why}"
         )
-        if self.previous.phase != "CrashLoopBackOff":
-            self.event("Warning", "PodsCrashLooping", msg)
-        return self.finish(NoAction(msg), "CrashLoopBackOff", msg)
+        return self._new_pods_failing(msg, "CrashLoopBackOff", "PodsCrashLooping")
 
     def _cannot_start(self) -> Plan | None:
         """New pods whose container cannot even start (the image cannot be pulled, a Secret
@@ -559,9 +563,13 @@ class _Planner:
             f"pod {pod.name} of version {self.spec.version} cannot start: "
             f"{pod.waiting_reason}: {(pod.waiting_message or 'no message')[:300]}"
         )
-        if self.previous.phase != "Degraded":
-            self.event("Warning", "PodsCannotStart", msg)
-        return self.finish(NoAction(msg), "Degraded", msg)
+        return self._new_pods_failing(msg, "Degraded", "PodsCannotStart")
+
+    def _new_pods_failing(self, msg: str, phase: str, reason: str) -> Plan:
+        """Wait, saying why in the status; the Warning Event only when the phase begins."""
+        if self.previous.phase != phase:
+            self.event("Warning", reason, msg)
+        return self.finish(NoAction(msg), phase, msg)
 
     def _paused(self) -> Plan | None:
         if not self.spec.paused:

@@ -161,6 +161,13 @@ def reconcile(
         # or acting on it now could undo or double what the leader does.
         METRICS.observe_reconcile(time.perf_counter() - started, "not-leader", action_name)
         return None
+
+    def refused(why: str) -> WorkerFleetStatus:
+        return action_refused(
+            status, previous, generation=generation, now=now or datetime.now(UTC),
+            what=describe_action(result.action), why=why,
+        )  # fmt: skip
+
     try:
         done = act(fleet, result.action)
         if action_name != "NoAction":
@@ -174,10 +181,7 @@ def reconcile(
         if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (409, 429):
             # The request itself is wrong (the template, a quota, a policy): retrying the
             # same will not help, so the status says what the API server said.
-            status = action_refused(
-                status, previous, generation=generation, now=now or datetime.now(UTC),
-                what=describe_action(result.action), why=why,
-            )  # fmt: skip
+            status = refused(why)
     except (pydantic.ValidationError, RefusedError) as exc:
         # The Kubernetes client validates a body before sending it: refused all the same.
         outcome = "error"
@@ -190,10 +194,7 @@ def reconcile(
         )
         log.warning("%s/%s: %s refused by the client: %s", namespace, name, action_name, why)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
-        status = action_refused(
-            status, previous, generation=generation, now=now or datetime.now(UTC),
-            what=describe_action(result.action), why=why,
-        )  # fmt: skip
+        status = refused(why)
     except Exception as exc:
         outcome = "error"
         log.exception("%s/%s: %s failed", namespace, name, action_name)
