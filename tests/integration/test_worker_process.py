@@ -3,7 +3,11 @@ shutdown, fencing, external migration mode."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -311,3 +315,34 @@ def test_rolling_restarts_under_a_stream_run_every_job_exactly_once(
     runs = ledger(conn, schema_name)
     assert len(runs) == len(set(runs)), "a finished job ran again after a graceful stop"
     assert sorted(runs) == sorted(enqueued)
+
+
+def test_sigterm_stops_a_waiting_migrate_with_nothing_half_done(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """`fleet-worker migrate` waiting for a live outdated pool stops at SIGTERM, says so
+    and exits 143; the breaking migration it waited for is not applied. (In a container
+    this process is PID 1, where a signal without a handler is dropped: tests/e2e/
+    test_containers.py shows the pod side on the real node.)"""
+    s = schema_name
+    install(conn, s)
+    old = WorkerProcess(database_url, s, V1, tmp_path, *FAST)
+    try:
+        wait_for(lambda: active_pools(conn, s), what="v1 active")
+        env = {**os.environ, "DATABASE_URL": database_url, "FLEET_SCHEMA": s,
+               "PYTHONPATH": str(Path(__file__).parents[1] / "apps")}  # fmt: skip
+        mig = subprocess.Popen(
+            [sys.executable, "-m", "fleet_worker.cli", "migrate", "--app", "fleet_test_apps.v3",
+             "--sweep-threshold", "3s"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        applied = "select 1 from {s}.migrations where id = 'app/0002'"
+        wait_for(lambda: q(conn, s, applied), what="app/0002 applied, app/0003 waiting")
+        time.sleep(0.5)
+        mig.send_signal(signal.SIGTERM)
+        _, err = mig.communicate(timeout=10)
+        assert mig.returncode == ExitCode.TERMINATED, err
+        assert "stopped by SIGTERM" in err
+        assert not q(conn, s, "select 1 from {s}.migrations where id = 'app/0003'")
+    finally:
+        old.stop()

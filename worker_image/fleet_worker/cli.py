@@ -7,9 +7,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from types import FrameType
 from typing import Any, NoReturn
 
 import pydantic
@@ -32,6 +34,23 @@ log = logging.getLogger("fleet_worker")
 
 class UsageError(Exception):
     pass
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is: a BaseException like KeyboardInterrupt, so no
+    `except Exception` swallows it, and every `with` block on the way out runs (an open
+    transaction rolls back, the connection closes)."""
+
+
+def _stop_on_sigterm() -> None:
+    """In a container this process is PID 1, and the kernel drops every signal PID 1 has
+    no handler for: without one, SIGTERM is ignored and the pod waits out its whole grace
+    period before SIGKILL cuts it off. `run` replaces this with its own graceful drain."""
+
+    def raise_terminated(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -319,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    _stop_on_sigterm()
     try:
         return COMMANDS[args.command](args)
+    except Terminated as exc:
+        return _fail(ExitCode.TERMINATED, f"stopped by {exc} before finishing; nothing half-done")
     except (UsageError, InvalidIdentifierError, InvalidJobError, AppLoadError) as exc:
         return _fail(ExitCode.USAGE, str(exc))
     except pydantic.ValidationError as exc:

@@ -13,3 +13,5 @@ class ExitCode(IntEnum):
     OUT_OF_DATE = 57  # the database holds a breaking migration this worker does not know:
     # do not restart this version (the convention of Graphile Worker's live migrations)
     FENCED = 58  # this pool was declared dead or evicted by others; a fresh start is fine
+    TERMINATED = 143  # a command other than `run` stopped by SIGTERM (128 + 15, as shells do);
+    # `run` drains instead and exits 0
