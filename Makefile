@@ -50,6 +50,30 @@ crds: install
 	$(PY) -m workerfleet_operator.crdgen
 	$(PY) -m workerfleet_operator.docgen
 
+# The real node: kube-scheduler, a kubelet, containerd and runc from Debian, images built here
+# from the project's Dockerfiles. The same operator e2e suite as `make test` runs on it.
+.PHONY: node-prereqs node-bins e2e-node
+node-prereqs:
+	scripts/node-prereqs.sh
+
+# Wheels of this checkout and its dependencies for the Dockerfiles (no network in a build).
+.PHONY: wheels images
+wheels: install
+	$(PY) -m workerfleet_dev.images --wheels-only
+
+# Every image (base, pause, worker, operator, test and demo apps) built here with a private
+# dockerd, saved as one archive for the real node's containerd.
+images: install node-prereqs
+	$(PY) -m workerfleet_dev.images
+
+node-bins: cluster-bins
+	$(PY) -m localcluster bins --node
+
+e2e-node: install node-prereqs node-bins
+	@WORKERFLEET_E2E_BACKEND=node $(PY) -m pytest $(or $(E2E_PATHS),tests/e2e) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make e2e-node: pytest collected no tests; failing" >&2; exit 1; fi; \
+	exit $$rc
+
 # The operator e2e suite on kind with real images. Needs Docker, kind and kubectl; these
 # development machines have none, so it has never run here (see README).
 .PHONY: e2e-kind
@@ -59,8 +83,13 @@ e2e-kind: install
 bench: install
 	$(PY) -m bench.worker_throughput
 
+# The process agent and the real node side by side: start, pod to Ready, rollouts, gaps.
+.PHONY: bench-node
+bench-node: install cluster-bins node-prereqs node-bins
+	$(PY) -m bench.backends $(BENCH_ARGS)
+
 # The end-to-end demo on the embedded PostgreSQL; DEMO_ARGS=--keep keeps the cluster up.
-demo: install cluster-bins
+demo: install cluster-bins $(if $(findstring --real-node,$(DEMO_ARGS)),node-prereqs node-bins)
 	$(PY) -m workerfleet_demo.run $(DEMO_ARGS)
 
 clean:

@@ -16,16 +16,22 @@ APPS_DIR = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS_DIR))
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def postgres_url(also_listen: str | None = None, trust_cidr: str | None = None) -> Iterator[str]:
+    """DATABASE_URL if set, else an embedded server for the session (optionally also on an
+    address pods reach, see LocalPostgres)."""
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
     from workerfleet_dev.postgres import LocalPostgres
 
-    with LocalPostgres() as pg:
+    with LocalPostgres(also_listen=also_listen, trust_cidr=trust_cidr) as pg:
         yield pg.url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    yield from postgres_url()
 
 
 @pytest.fixture

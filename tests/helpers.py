@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -154,22 +154,6 @@ class Producer:
         self._stop.set()
         self._thread.join(10)
         return self.ids
-
-
-def kustomize_objects(directory: Path) -> Iterator[dict[str, Any]]:
-    """The objects `kubectl apply -k directory` creates: our kustomizations only list
-    resources (no patches or transformers), so reading them in order is exact."""
-    import yaml
-
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    for entry in kustomization["resources"]:
-        target = (directory / entry).resolve()
-        if target.is_dir():
-            yield from kustomize_objects(target)
-        else:
-            # kustomize refuses plain files outside the kustomization root.
-            assert target.is_relative_to(directory.resolve()), f"{directory}: {entry}"
-            yield from (d for d in yaml.safe_load_all(target.read_text()) if d is not None)
 
 
 class TcpProxy:

@@ -2,7 +2,11 @@
 demo shop rolled from release 1 to 2 (safe migration) to 3 (breaking migration) under a
 steady stream of jobs; then a summary, as text, JSON and a PNG chart.
 
-    python -m workerfleet_demo.run [--keep] [--replicas 3] [--rate 40] [--out DIR]
+    python -m workerfleet_demo.run [--keep] [--real-node] [--replicas 3] [--rate 40] [--out DIR]
+
+`--real-node` runs it on a real kubelet with containerd instead of the process agent: the
+images are built from the project's Dockerfiles and the operator is installed from deploy/
+as a pod under its ServiceAccount (root on Debian; see docs/localcluster.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image, ImageTable
 from localcluster.kube import ApiError, Client
 from localcluster.procs import free_port
+from localcluster.realnode import network
+from localcluster.realnode.cluster import RealNodeCluster
 from workerfleet_demo.view import Snapshot, live_view
+from workerfleet_dev.deploy import apply_deploy, wait_operator_ready
+from workerfleet_dev.images import node_archive
 from workerfleet_dev.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the cluster up at the end and print its kubeconfig",
     )
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="a real kubelet, containerd and images built here instead of the process agent",
+    )
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--rate", type=float, default=40.0, help="jobs enqueued per second")
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
@@ -264,12 +277,27 @@ def _demo(args: argparse.Namespace) -> int:
     run = Run()
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
-        print("[demo] starting PostgreSQL and the local cluster...", flush=True)
-        pg = stack.enter_context(LocalPostgres())
-        cluster = stack.enter_context(Cluster(workdir / "cluster", images(workdir)))
+        cluster: Cluster | RealNodeCluster
+        if args.real_node:
+            print("[demo] building images and starting the real node...", flush=True)
+            archive = node_archive(["demo"])
+            cluster = stack.enter_context(
+                RealNodeCluster(workdir / "cluster", image_archives=[archive])
+            )
+            pg = stack.enter_context(
+                LocalPostgres(also_listen=network.GATEWAY, trust_cidr=network.SUBNET)
+            )
+        else:
+            print("[demo] starting PostgreSQL and the local cluster...", flush=True)
+            pg = stack.enter_context(LocalPostgres())
+            cluster = stack.enter_context(Cluster(workdir / "cluster", images(workdir)))
         client = cluster.client()
         install(client, pg.url, args.replicas)
-        stack.enter_context(operator(cluster.kubeconfig, args.out / "operator.log"))
+        if args.real_node:
+            apply_deploy(client)
+            wait_operator_ready(client)
+        else:
+            stack.enter_context(operator(cluster.kubeconfig, args.out / "operator.log"))
         threads = [
             threading.Thread(target=produce, args=(pg.url, run, args.rate, stop)),
             threading.Thread(target=sample, args=(client, pg.url, run, stop)),

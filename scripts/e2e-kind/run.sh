@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make e2e-kind`: the operator e2e suite against a kind cluster with real images.
-# Needs Docker, kind and kubectl. Never run on the development machines (no Docker there).
+# Needs Docker, kind and kubectl, and a registry for kind's node image: never run on the
+# development machines (no registry). The same Dockerfiles run on the real node there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for tool in docker kind kubectl; do
@@ -8,9 +9,10 @@ for tool in docker kind kubectl; do
 done
 name=${KIND_CLUSTER:-workerfleet-e2e}
 
-docker build -f worker_image/Dockerfile -t workerfleet-worker:e2e .
+make wheels
+docker build -f worker_image/Dockerfile -t fleet-worker:0.1.0 .
 for release in 1 2 3 crash; do
-  docker build -f scripts/e2e-kind/Dockerfile.testapp --build-arg RELEASE="$release" \
+  docker build -f tests/apps/Dockerfile --build-arg RELEASE="$release" \
     -t "workerfleet.test/app:$release" .
 done
 docker build -f operator/Dockerfile -t workerfleet-operator:0.1.0 .
@@ -32,7 +34,7 @@ export DATABASE_URL="postgresql://postgres@$node_ip:30432/postgres"
 export WORKERFLEET_E2E_BACKEND=kind
 
 status=0
-.venv/bin/python -m pytest tests/e2e/test_operator.py tests/e2e/test_kubectl_plugin.py \
+.venv/bin/python -m pytest tests/e2e \
   -m e2e "$@" || status=$?
 [ "${KEEP_KIND:-}" = 1 ] || kind delete cluster --name "$name"
 exit "$status"

@@ -1,4 +1,13 @@
-"""e2e fixtures: a session-wide local cluster (see docs/localcluster.md)."""
+"""e2e fixtures: a session-wide cluster on one of three backends (docs/localcluster.md):
+
+- `process` (default, `make test`): the local control plane and its node agent, which runs
+  each container as a process of this machine;
+- `node` (`make e2e-node`): the same control plane with kube-scheduler and a real kubelet,
+  containerd and runc; images built from the project's Dockerfiles, pods on a bridge;
+- `kind` (`make e2e-kind`): a kind cluster, where Docker and kind exist.
+
+Set by WORKERFLEET_E2E_BACKEND. The same operator tests run on all three.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +21,10 @@ import pytest
 
 from localcluster.images import Image, ImageTable
 from localcluster.kube import Client
-from localcluster.testing import k8s_client, kube_namespace, running_cluster
-from tests.e2e import kind_backend
+from localcluster.realnode import network
+from localcluster.realnode.cluster import RealNodeCluster
+from localcluster.testing import k8s_client, kube_namespace, running_cluster, serving
+from tests.conftest import postgres_url
 from tests.e2e.kind_backend import ClusterLike, KindCluster
 from tests.e2e.operator_env import (
     FleetEnv,
@@ -26,6 +37,15 @@ from tests.e2e.operator_env import (
 __all__ = ["k8s_client", "kube_namespace", "local_cluster", "localcluster_images"]
 
 IMAGES = Path(__file__).parent / "images"
+BACKENDS = ("process", "node", "kind")
+BACKEND = os.environ.get("WORKERFLEET_E2E_BACKEND", "process")
+if BACKEND not in BACKENDS:
+    raise pytest.UsageError(f"WORKERFLEET_E2E_BACKEND={BACKEND!r}: expected one of {BACKENDS}")
+
+# test_localcluster.py tests the process agent itself; node/ tests what only a real node has.
+collect_ignore = ["node"] if BACKEND == "process" else ["test_localcluster.py"]
+if BACKEND == "kind":
+    collect_ignore.append("node")
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +69,33 @@ def localcluster_images() -> ImageTable:
 def local_cluster(
     tmp_path_factory: pytest.TempPathFactory, localcluster_images: ImageTable
 ) -> Iterator[ClusterLike]:
-    """The local control plane and node agent, or a kind cluster under `make e2e-kind`."""
-    if kind_backend.enabled():
+    """The cluster of the selected backend, for the whole session."""
+    if BACKEND == "kind":
         yield KindCluster(Path(os.environ["KUBECONFIG"]))
-        return
-    yield from running_cluster(tmp_path_factory, localcluster_images)
+    elif BACKEND == "node":
+        yield from real_node(tmp_path_factory)
+    else:
+        yield from running_cluster(tmp_path_factory, localcluster_images)
+
+
+def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeCluster]:
+    from workerfleet_dev.images import node_archive
+
+    archive = node_archive(["e2e"])
+    yield from serving(
+        RealNodeCluster(tmp_path_factory.mktemp("realnode"), image_archives=[archive])
+    )
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """On the real node PostgreSQL also listens on the pod bridge, and the URL names that
+    address: the tests, the operator and the pods then all use the same URL."""
+    if BACKEND == "node":
+        request.getfixturevalue("local_cluster")  # the bridge must exist first
+        yield from postgres_url(also_listen=network.GATEWAY, trust_cidr=network.SUBNET)
+    else:
+        yield from postgres_url()
 
 
 @pytest.fixture(scope="module")

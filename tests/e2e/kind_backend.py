@@ -9,7 +9,6 @@ path has never been run here (see the README)."""
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,10 +36,6 @@ class ClusterLike(Protocol):
 
 class ImageAdder(Protocol):
     def add(self, ref: str, image: Image) -> None: ...
-
-
-def enabled() -> bool:
-    return os.environ.get("WORKERFLEET_E2E_BACKEND") == "kind"
 
 
 class PrebuiltImages:

@@ -3,7 +3,6 @@ the node agent runs as `fleet-worker` processes, and helpers to read fleets and 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -240,36 +239,6 @@ class FleetEnv:
 
 def new_schema() -> str:
     return f"e2e_{uuid.uuid4().hex[:10]}"
-
-
-_PATHS = {
-    "Namespace": "/api/v1/namespaces",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
-}
-WATCHED_PLACEHOLDER = "workerfleet-apps"  # deploy/namespaced/'s watched namespace
-
-
-def apply_deploy(client: Client, directory: str = "deploy", watched: str | None = None) -> None:
-    """`kubectl apply -k <directory>`, as REST creates (the CRD is already installed). For
-    deploy/namespaced, `watched` replaces its placeholder namespace, as a user edits it."""
-    from tests.helpers import kustomize_objects
-
-    for raw in kustomize_objects(ROOT / directory):
-        if raw["kind"] == "CustomResourceDefinition":
-            continue
-        text = json.dumps(raw)
-        obj = json.loads(text if watched is None else text.replace(WATCHED_PLACEHOLDER, watched))
-        path = _PATHS[obj["kind"]].format(ns=obj["metadata"].get("namespace", ""))
-        try:
-            client.create(path, obj)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
 
 
 def register_operator_image(cluster: ClusterLike) -> None:

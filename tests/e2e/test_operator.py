@@ -20,11 +20,11 @@ from tests.e2e.kind_backend import ClusterLike
 from tests.e2e.operator_env import (
     FleetEnv,
     OperatorProcess,
-    apply_deploy,
     register_operator_image,
     wait_until,
 )
 from tests.helpers import Producer
+from workerfleet_dev.deploy import apply_deploy, operator_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -421,14 +421,7 @@ def test_the_operator_from_deploy_runs_under_its_service_account(
     try:
         apply_deploy(fleet.client, install, watched=fleet.ns if "namespaced" in install else None)
 
-        def operator_pod_ready() -> bool:
-            pods = fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"]
-            return any(p["spec"].get("serviceAccountName") == "workerfleet-operator"
-                       and any(c["type"] == "Ready" and c["status"] == "True"
-                               for c in (p.get("status") or {}).get("conditions", []))
-                       for p in pods)  # fmt: skip
-
-        wait_until(operator_pod_ready, 60, "operator pod ready")
+        wait_until(lambda: operator_ready(fleet.client), 60, "operator pod ready")
         fleet.apply("1", replicas=2)
         fleet.wait_ready("1", timeout=120)
         fleet.patch_spec(version="2")

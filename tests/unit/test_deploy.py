@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from fleet_worker.durations import parse_duration
-from tests.helpers import kustomize_objects
 from tests.unit.openapi_subset import apply_defaults, validate
+from workerfleet_dev.deploy import kustomize_objects
 from workerfleet_operator import crdgen
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec
 
@@ -262,7 +262,7 @@ def test_operator_image_entrypoint_matches_the_deployment(
     )
     assert yaml.safe_load(entrypoint.removeprefix("ENTRYPOINT")) == container["command"]
     assert "USER 10001" in dockerfile
-    assert '".[operator]"' in dockerfile
+    assert '"workerfleet[operator]"' in dockerfile
 
 
 def test_example_fleet_secret_and_namespace(example: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -32,6 +32,9 @@ K8S_VERSION = "v1.34.4"
 # The etcd server module v1.34.4 itself requires: one consistent module graph for all three.
 ETCD_VERSION = "v3.6.4"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+# The real node (`make e2e-node`): built on demand into a directory of their own, so the
+# process-agent suite never waits for them (the kubelet alone takes about 7 minutes cold).
+NODE_BINARIES = ("kubelet", "kube-scheduler")
 
 _STAGING_REPLACE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/", re.MULTILINE)
 _DIRECTIVE = re.compile(r"^(go|godebug)\s+.+$", re.MULTILINE)
@@ -58,6 +61,8 @@ package tools
 import (
 \t_ "k8s.io/kubernetes/cmd/kube-apiserver"
 \t_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+\t_ "k8s.io/kubernetes/cmd/kube-scheduler"
+\t_ "k8s.io/kubernetes/cmd/kubelet"
 )
 """
 
@@ -78,8 +83,38 @@ def cache_root() -> Path:
     return Path(base) / "workerfleet" / "k8s"
 
 
-def _complete(d: Path) -> bool:
-    return all(os.access(d / name, os.X_OK) for name in BINARIES)
+def _complete(d: Path, names: tuple[str, ...] = BINARIES) -> bool:
+    return all(os.access(d / name, os.X_OK) for name in names)
+
+
+def node_dir(version: str = K8S_VERSION) -> Path:
+    return cache_root() / f"{version}-node"
+
+
+def find_node(version: str = K8S_VERSION) -> dict[str, Path] | None:
+    """kubelet and kube-scheduler from the cache, or None."""
+    d = node_dir(version)
+    return {name: d / name for name in NODE_BINARIES} if _complete(d, NODE_BINARIES) else None
+
+
+def ensure_node(version: str = K8S_VERSION, *, log: bool = True) -> dict[str, Path]:
+    """kubelet and kube-scheduler of the control plane's release, built into the cache if
+    missing (same wrapper module, so one module graph and one version stamp for all five)."""
+    if (found := find_node(version)) is not None:
+        return found
+    with _lock(cache_root() / f".{version}.lock"):
+        if (found := find_node(version)) is not None:
+            return found
+        build(
+            version,
+            log=log,
+            packages=tuple(f"k8s.io/kubernetes/cmd/{name}" for name in NODE_BINARIES),
+            dest=node_dir(version),
+            names=NODE_BINARIES,
+        )
+    found = find_node(version)
+    assert found is not None, "build finished but node binaries are missing"
+    return found
 
 
 def find(version: str = K8S_VERSION) -> Binaries | None:
@@ -214,10 +249,23 @@ def _ldflags(version: str) -> str:
     return " ".join(flags)
 
 
+_CONTROL_PLANE_PACKAGES = (
+    "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "./cmd/etcd",
+)
+
+
 def build(
-    version: str = K8S_VERSION, etcd_version: str = ETCD_VERSION, *, log: bool = True
+    version: str = K8S_VERSION,
+    etcd_version: str = ETCD_VERSION,
+    *,
+    log: bool = True,
+    packages: tuple[str, ...] = _CONTROL_PLANE_PACKAGES,
+    dest: Path | None = None,
+    names: tuple[str, ...] = BINARIES,
 ) -> Path:
-    """Build all binaries into the cache, atomically (tmp dir, then rename). Returns the dir."""
+    """Build binaries into the cache, atomically (tmp dir, then rename). Returns the dir."""
     progress = _Progress(log)
     go = _go()
     root = cache_root()
@@ -254,16 +302,14 @@ def build(
             _ldflags(version),
             "-o",
             str(tmp) + "/",
-            "k8s.io/kubernetes/cmd/kube-apiserver",
-            "k8s.io/kubernetes/cmd/kube-controller-manager",
-            "./cmd/etcd",
+            *packages,
         ]
-        progress("compiling etcd, kube-apiserver, kube-controller-manager (go build; slow cold)")
+        progress(f"compiling {', '.join(names)} (go build; slow cold)")
         _stream_build(cmd, work, progress)
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is meant to be shared read-only
         (tmp / "VERSION").write_text(f"kubernetes {version}\netcd {etcd_version}\n")
-        dest = root / version
-        if _complete(dest):
+        dest = dest or root / version
+        if _complete(dest, names):
             shutil.rmtree(tmp)
         else:
             if dest.exists():

@@ -42,10 +42,13 @@ def _is_ours(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
-def cmd_bins(_: argparse.Namespace) -> int:
+def cmd_bins(args: argparse.Namespace) -> int:
     found = bins.ensure()
     for path in (found.etcd, found.kube_apiserver, found.kube_controller_manager):
         print(path)
+    if args.node:
+        for path in bins.ensure_node().values():
+            print(path)
     return 0
 
 
@@ -170,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster")
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("bins", help="find or build etcd/kube-apiserver/kube-controller-manager")
+    p_bins = sub.add_parser(
+        "bins", help="find or build etcd/kube-apiserver/kube-controller-manager"
+    )
+    p_bins.add_argument(
+        "--node", action="store_true", help="also kubelet and kube-scheduler (the real node)"
+    )
     for name, helptext in (("up", "start in the background"), ("serve", "run in the foreground")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--images", help="image table (YAML or JSON), see localcluster.images")

@@ -38,6 +38,9 @@ CONTROLLERS = (
     "ttl-after-finished-controller",
     "cronjob-controller",
 )
+# With a real kubelet, the node lifecycle controller lifts the `not-ready` taint a new Node
+# registers with (kube-scheduler places nothing on it before) and evicts from a dead one.
+REAL_NODE_CONTROLLERS = (*CONTROLLERS, "node-lifecycle-controller")
 
 
 def write_kubeconfig(
@@ -73,8 +76,15 @@ def write_kubeconfig(
 
 
 class ControlPlane(Lifecycle):
-    def __init__(self, workdir: Path | None = None, binaries: bins.Binaries | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        binaries: bins.Binaries | None = None,
+        *,
+        controllers: tuple[str, ...] = CONTROLLERS,
+    ) -> None:
         self._own_workdir = workdir is None
+        self.controllers = controllers
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="localcluster-"))
         self.binaries = binaries
         self.etcd: subprocess.Popen[bytes] | None = None
@@ -185,6 +195,8 @@ class ControlPlane(Lifecycle):
                 f"--tls-cert-file={p.apiserver.cert}",
                 f"--tls-private-key-file={p.apiserver.key}",
                 f"--client-ca-file={p.ca.cert}",
+                f"--kubelet-client-certificate={p.kubelet_client.cert}",
+                f"--kubelet-client-key={p.kubelet_client.key}",
                 "--authorization-mode=Node,RBAC",
                 f"--service-account-key-file={p.sa_pub}",
                 f"--service-account-signing-key-file={p.sa_key}",
@@ -220,7 +232,7 @@ class ControlPlane(Lifecycle):
                 "--bind-address=127.0.0.1",
                 f"--secure-port={procs.free_port()}",
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.controllers)}",
                 # Each controller acts as its own service account, under the RBAC roles the
                 # apiserver bootstraps, like a real cluster.
                 "--use-service-account-credentials=true",

@@ -27,6 +27,8 @@ class Pki:
     apiserver: KeyPair
     admin: KeyPair
     controller_manager: KeyPair
+    # The apiserver's identity towards kubelets (logs, exec): only a real kubelet checks it.
+    kubelet_client: KeyPair
     # RSA: service-account token signing (RS256 is what every client library verifies).
     sa_key: Path
     sa_pub: Path
@@ -57,6 +59,15 @@ def client_cert(d: Path, name: str, user: str, groups: tuple[str, ...] = ()) -> 
     subject = "".join(f"/O={g}" for g in groups) + f"/CN={user}"
     ext = "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
     return _leaf(d, name, subject, ext)
+
+
+def serving_cert(d: Path, name: str, cn: str, sans: list[str]) -> KeyPair:
+    """A TLS server certificate for `sans` (e.g. ["IP:10.0.0.1", "DNS:node-0"])."""
+    ext = (
+        f"subjectAltName={','.join(sans)}\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth"
+    )
+    return _leaf(d, name, f"/CN={cn}", ext)
 
 
 def create(d: Path) -> Pki:
@@ -92,6 +103,9 @@ def create(d: Path) -> Pki:
         apiserver=apiserver,
         admin=client_cert(d, "admin", "localcluster-admin", ("system:masters",)),
         controller_manager=client_cert(d, "kcm", "system:kube-controller-manager"),
+        kubelet_client=client_cert(
+            d, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+        ),
         sa_key=d / "sa.key",
         sa_pub=d / "sa.pub",
     )

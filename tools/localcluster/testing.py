@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -47,6 +49,23 @@ def running_cluster(
         backoff_initial=1.0,
         backoff_max=10.0,
     )
+    yield from serving(cluster)
+
+
+class _Serving(Protocol):
+    @property
+    def kubeconfig(self) -> Path: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Serving)
+
+
+def serving(cluster: S) -> Iterator[S]:
+    """Start a cluster, point KUBECONFIG at it while it serves, stop it afterwards."""
     cluster.start()
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)

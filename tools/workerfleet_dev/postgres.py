@@ -100,8 +100,19 @@ def _binaries_for(user: pwd.struct_passwd | None) -> Path:
 class LocalPostgres(Lifecycle):
     """Context manager: `with LocalPostgres() as pg: pg.url`."""
 
-    def __init__(self, *, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        also_listen: str | None = None,
+        trust_cidr: str | None = None,
+    ) -> None:
+        """`also_listen` adds an address of this machine (the real node's pod bridge) that
+        the URL then names, and `trust_cidr` lets clients from that network in (pods)."""
         self.port = port or free_port()
+        self.also_listen = also_listen
+        self.trust_cidr = trust_cidr
         self._own_dir = data_dir is None
         self.root = Path(data_dir or tempfile.mkdtemp(prefix="workerfleet-pg-"))
         self.data = self.root / "data"
@@ -112,7 +123,8 @@ class LocalPostgres(Lifecycle):
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        host = self.also_listen or "127.0.0.1"
+        return f"postgresql://postgres@{host}:{self.port}/postgres"
 
     def _run(self, argv: list[str], timeout: float = 60) -> None:
         proc = subprocess.run(
@@ -148,9 +160,16 @@ class LocalPostgres(Lifecycle):
                     "--no-sync",
                 ]
             )
+        if self.trust_cidr:
+            hba = self.data / "pg_hba.conf"
+            line = f"host all all {self.trust_cidr} trust\n"
+            if line not in hba.read_text():
+                with hba.open("a") as f:
+                    f.write(line)
+        listen = ",".join(filter(None, ("127.0.0.1", self.also_listen)))
         # Fast and disposable: no fsync, enough connections for many worker processes.
         options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.root} -F "
+            f"-h {listen} -p {self.port} -k {self.root} -F "
             "-c max_connections=400 -c synchronous_commit=off -c full_page_writes=off "
             "-c shared_buffers=128MB"
         )

@@ -1,0 +1,112 @@
+"""The real node itself (`make e2e-node` only): it is a real Node, and a run that is killed
+leaves nothing the next start cannot clean, while stopping leaves nothing at all. A second
+node (instance 1) runs beside the session's so the session is not disturbed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from localcluster.realnode import cleanup
+from localcluster.realnode.cluster import RealNodeCluster
+from localcluster.realnode.layout import Layout
+from tests.e2e.kind_backend import ClusterLike
+from workerfleet_dev.images import WORKER_IMAGE
+
+pytestmark = pytest.mark.e2e
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web"},
+    "spec": {
+        "securityContext": {"runAsNonRoot": True},
+        "containers": [
+            {
+                "name": "web",
+                "image": WORKER_IMAGE,
+                "command": ["python3", "-m", "http.server", "8000"],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 1},
+            }
+        ],
+    },
+}
+
+
+def _wait_ready(cluster: RealNodeCluster, ns: str, timeout: float = 60) -> None:
+    client = cluster.client()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pod = client.get(f"/api/v1/namespaces/{ns}/pods/web")
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"pod not Ready: {pod.get('status')}")
+
+
+def test_the_node_is_a_real_kubelet_on_containerd(local_cluster: ClusterLike) -> None:
+    assert isinstance(local_cluster, RealNodeCluster)
+    node = local_cluster.client().get(f"/api/v1/nodes/{local_cluster.node_name}")
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.34.4"
+    assert info["containerRuntimeVersion"].startswith("containerd://1.")
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == local_cluster.address
+
+
+_KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from localcluster.realnode.cluster import RealNodeCluster
+cluster = RealNodeCluster(Path(sys.argv[1]), image_archives=[Path(sys.argv[2])], instance=1)
+cluster.start()
+cluster.create_namespace("t")
+cluster.client().create("/api/v1/namespaces/t/pods", {pod!r})
+from tests.e2e.node.test_realnode import _wait_ready
+_wait_ready(cluster, "t")
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_killed_run_is_cleaned_by_the_next_start_and_stop_leaves_nothing(
+    local_cluster: ClusterLike, tmp_path: Path
+) -> None:
+    assert isinstance(local_cluster, RealNodeCluster)
+    lay = Layout(1)
+    [archive] = local_cluster.archives  # the images the session's node imported
+    script = textwrap.dedent(_KILLED_RUN).format(pod=POD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "killed"), str(archive)],
+        stdout=subprocess.PIPE, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().strip() == "ready", "the first run did not start"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1)
+    left = cleanup.leftovers(lay)
+    # The container outlives the run (shims are reparented), with its mounts and the bridge.
+    assert any(x.startswith("mount ") for x in left), left
+    assert f"bridge {lay.bridge}" in left, left
+
+    second = RealNodeCluster(tmp_path / "next", image_archives=[archive], instance=1)
+    second.start()
+    try:
+        second.create_namespace("t")
+        second.client().create("/api/v1/namespaces/t/pods", POD)
+        _wait_ready(second, "t")
+    finally:
+        second.stop()
+    assert cleanup.leftovers(lay) == []

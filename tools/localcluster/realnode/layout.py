@@ -1,0 +1,55 @@
+"""Where one real node keeps everything it makes, by instance number, so a run that was
+killed is found and cleaned by the next one, and two nodes (a test starting a second one
+beside the session's) never touch each other's bridge, chain, cgroups or files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE = Path("/var/lib/workerfleet-node")
+
+
+@dataclass(frozen=True)
+class Layout:
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < 200:
+            raise ValueError(f"node instance {self.index}: expected 0..199")
+
+    @property
+    def root(self) -> Path:
+        return BASE / str(self.index)
+
+    @property
+    def lock(self) -> Path:
+        return BASE / f".lock-{self.index}"
+
+    @property
+    def node_name(self) -> str:
+        return f"realnode-{self.index}"
+
+    @property
+    def bridge(self) -> str:
+        return f"wfnode{self.index}"
+
+    @property
+    def subnet(self) -> str:
+        return f"10.213.{self.index}.0/24"
+
+    @property
+    def gateway(self) -> str:
+        """This machine as the node's pods see it."""
+        return f"10.213.{self.index}.1"
+
+    @property
+    def chain(self) -> str:
+        return f"WORKERFLEET-NODE-{self.index}"
+
+    @property
+    def cgroup_root(self) -> str:
+        return f"/workerfleet-node-{self.index}"
+
+
+DEFAULT = Layout(0)
