@@ -83,6 +83,11 @@ e2e-kind: install
 bench: install
 	$(PY) -m bench.worker_throughput
 
+# The operator's cost against the number of fleets (1 to 1,000 at replicas 0).
+.PHONY: bench-operator
+bench-operator: install cluster-bins
+	$(PY) -m bench.operator_scale $(BENCH_ARGS)
+
 # The process agent and the real node side by side: start, pod to Ready, rollouts, gaps.
 .PHONY: bench-node
 bench-node: install cluster-bins node-prereqs node-bins

@@ -76,6 +76,13 @@ class Client:
     def get(self, path: str) -> Obj:
         return self.request("GET", path)
 
+    def get_text(self, path: str) -> str:
+        """A non-JSON endpoint (`/metrics`, a pod's `/log`) as text."""
+        resp = self._pool.request("GET", self.server + path, timeout=30.0)
+        if resp.status >= 400:
+            raise ApiError(resp.status, resp.data.decode())
+        return str(resp.data.decode())
+
     def create(self, path: str, body: Obj) -> Obj:
         return self.request("POST", path, body)
 

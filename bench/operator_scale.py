@@ -1,0 +1,280 @@
+"""What the operator costs as the number of fleets grows (`make bench-operator`).
+
+For each size N: N fleets at `replicas: 0` (nothing to do) on the local cluster, one
+operator process, then over a window after a settle:
+
+- operator CPU seconds per minute and resident memory (from /proc);
+- reconciles per second and reconcile p50 / p99 (from the operator's own histogram,
+  interpolated within its buckets);
+- API requests per second caused by the operator (the apiserver's request counter, minus
+  the idle cluster's rate measured before the operator started);
+- reaction time: a version bump on one fleet until its status carries the new generation
+  (median of 3).
+
+    python -m bench.operator_scale [--sizes 1,10,100,200,1000] [--window 30] [--json PATH]
+
+Prints a table and writes JSON (bench/results/operator.json by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+from fleet_worker.migrate import migrate
+from localcluster.cluster import Cluster, create_namespace, install_crd
+from localcluster.kube import ApiError, Client
+from localcluster.procs import free_port
+from workerfleet_dev.postgres import LocalPostgres
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ROOT / "tests" / "apps"
+FLEETS = "/apis/workerfleet.dev/v1alpha1/namespaces/{ns}/workerfleets"
+SCHEMA = "bench_fleets"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def apiserver_requests(client: Client) -> float:
+    text = client.get_text("/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("apiserver_request_total{")
+    )
+
+
+def operator_metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def _buckets(m: dict[str, float]) -> list[tuple[float, float]]:
+    out = []
+    for key, value in m.items():
+        if key.startswith("workerfleet_reconcile_seconds_bucket"):
+            le = key.split('le="', 1)[1].rstrip('"}')
+            out.append((float("inf") if le == "+Inf" else float(le), value))
+    return sorted(out)
+
+
+def quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
+    """The q-quantile of the reconciles between two scrapes, linear within a bucket."""
+    b0 = dict(_buckets(before))
+    deltas = [(le, n - b0.get(le, 0.0)) for le, n in _buckets(after)]
+    total = deltas[-1][1] if deltas else 0
+    if total <= 0:
+        return None
+    rank, low, prev = q * total, 0.0, 0.0
+    for le, cum in deltas:
+        if cum >= rank:
+            if le == float("inf"):
+                return low
+            return low + (le - low) * ((rank - prev) / max(cum - prev, 1e-9))
+        low, prev = le, cum
+    return low
+
+
+def fleet_body(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "workerfleet.dev/v1alpha1",
+        "kind": "WorkerFleet",
+        "metadata": {"name": f"f{i:04d}"},
+        "spec": {
+            "version": "1", "image": "bench.local/app", "replicas": 0, "app": "bench_app",
+            "schema": SCHEMA, "database": {"secretRef": {"name": "db"}},
+        },
+    }  # fmt: skip
+
+
+def settled(client: Client, ns: str, n: int) -> bool:
+    items = client.get(FLEETS.format(ns=ns))["items"]
+    done = [
+        f
+        for f in items
+        if (f.get("status") or {}).get("observedGeneration") == f["metadata"]["generation"]
+    ]
+    return len(done) >= n
+
+
+def react(client: Client, ns: str, name: str, version: str, timeout: float = 120) -> float:
+    path = FLEETS.format(ns=ns) + f"/{name}"
+    t0 = time.monotonic()
+    generation = client.merge_patch(path, {"spec": {"version": version}})["metadata"]["generation"]
+    while time.monotonic() - t0 < timeout:
+        status = client.get(path).get("status") or {}
+        if status.get("observedGeneration") == generation:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return float("inf")
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "WORKERFLEET_METRICS_PORT": str(self.port),
+            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
+            "WORKERFLEET_LEADER_IDENTITY": "bench",
+        }
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "kopf"), "run", "--standalone",
+             "--all-namespaces", "-m", "workerfleet_operator.handlers"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                operator_metrics(self.port)
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"operator did not start; see {log}") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) -> dict[str, Any]:
+    client = cluster.client()
+    ns = f"bench-{n}"
+    create_namespace(client, ns)
+    client.create(f"/api/v1/namespaces/{ns}/secrets",
+                  {"metadata": {"name": "db"}, "stringData": {"url": url}})  # fmt: skip
+    for i in range(n):
+        client.create(FLEETS.format(ns=ns), fleet_body(i))
+    time.sleep(3)
+    r0, t0 = apiserver_requests(client), time.monotonic()
+    time.sleep(10)
+    idle_rps = (apiserver_requests(client) - r0) / (time.monotonic() - t0)
+    op = Operator(cluster.kubeconfig, workdir / f"operator-{n}.log")
+    try:
+        deadline = time.monotonic() + max(120, n * 0.5)
+        while not settled(client, ns, n):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} fleets did not settle")
+            time.sleep(1)
+        time.sleep(5)
+        m0, r0, c0, t0 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
+            op.proc.pid), time.monotonic()  # fmt: skip
+        time.sleep(window)
+        m1, r1, c1, t1 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
+            op.proc.pid), time.monotonic()  # fmt: skip
+        elapsed = t1 - t0
+        count = (
+            m1["workerfleet_reconcile_seconds_count"] - m0["workerfleet_reconcile_seconds_count"]
+        )
+        reactions = [react(client, ns, f"f{n // 2:04d}", str(v)) for v in (2, 3, 4)]
+        p50, p99 = quantile(m0, m1, 0.5), quantile(m0, m1, 0.99)
+        return {
+            "fleets": n,
+            "cpu_s_per_min": round((c1 - c0) / elapsed * 60, 2),
+            "rss_mib": round(rss_mib(op.proc.pid), 1),
+            "reconciles_per_s": round(count / elapsed, 2),
+            "reconcile_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "reconcile_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            "api_requests_per_s": round(max((r1 - r0) / elapsed - idle_rps, 0.0), 2),
+            "reaction_s_median": round(statistics.median(reactions), 2),
+            "reaction_s_max": round(max(reactions), 2),
+        }
+    finally:
+        op.stop()
+        with contextlib.suppress(ApiError):
+            client.delete(f"/api/v1/namespaces/{ns}")
+
+
+COLUMNS = (
+    ("fleets", "fleets"),
+    ("operator CPU s/min", "cpu_s_per_min"),
+    ("RSS MiB", "rss_mib"),
+    ("reconciles/s", "reconciles_per_s"),
+    ("reconcile p50 / p99 ms", "latency"),
+    ("API requests/s", "api_requests_per_s"),
+    ("version bump acted on, median / max s", "reaction"),
+)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def cell(r: dict[str, Any], key: str) -> str:
+        if key == "latency":
+            return f"{r['reconcile_p50_ms']} / {r['reconcile_p99_ms']}"
+        if key == "reaction":
+            return f"{r['reaction_s_median']} / {r['reaction_s_max']}"
+        return str(r[key])
+
+    lines = ["| " + " | ".join(label for label, _ in COLUMNS) + " |"]
+    lines.append("|---" * len(COLUMNS) + "|")
+    lines += ["| " + " | ".join(cell(r, k) for _, k in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,100,200,1000")
+    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "operator.json")
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp, LocalPostgres() as pg:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            migrate(conn, Schema(SCHEMA), Catalog.load(APPS / "fleet_test_apps" / "migrations_v1"))
+        with Cluster(Path(tmp) / "cluster") as cluster:
+            install_crd(
+                cluster.client(), yaml.safe_load((ROOT / "crds/workerfleet.yaml").read_text())
+            )
+            for n in sizes:
+                row = measure(cluster, pg.url, n, args.window, Path(tmp))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
