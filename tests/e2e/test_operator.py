@@ -430,12 +430,18 @@ def test_the_operator_from_deploy_runs_under_its_service_account(
     finally:
         with contextlib.suppress(ApiError):
             fleet.client.delete(deployment)
+        stopping = time.monotonic()
         wait_until(
             lambda: not fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"],
             60,
             "operator pod gone",
         )
+        stopped_s = time.monotonic() - stopping
         operator.start()
+    print(f"\noperator pod stopped {stopped_s:.1f}s after its Deployment was deleted")
+    # kopf is PID 1 in its container: it must act on SIGTERM, not wait for the SIGKILL at
+    # the end of the 30 s grace period.
+    assert stopped_s < 20
 
 
 def test_deleting_a_fleet_drains_its_pods_and_loses_nothing(fleet: FleetEnv) -> None:
