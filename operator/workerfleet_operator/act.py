@@ -15,6 +15,7 @@ from fleet_worker.db import Schema
 from fleet_worker.migrate import evict_outdated_pools
 from fleet_worker.pools import declare_dead
 from workerfleet_operator import builders
+from workerfleet_operator.cache import ChildCache
 from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases
@@ -52,12 +53,19 @@ class Fleet:
         custom: client.CustomObjectsApi,
         dbs: Databases,
         events: EventRecorder,
+        children: ChildCache,
         url: str | None,
     ) -> None:
         self.name, self.namespace, self.uid = name, namespace, uid
         self.spec, self.revision = spec, revision
         self.core, self.batch, self.custom, self.dbs, self.url = core, batch, custom, dbs, url
-        self.events = events
+        self.events, self.children = events, children
+
+    def wrote(self, kind: str, obj: Any) -> None:
+        """What the API server returned for an object we made: into the cache at once, so
+        the next reconcile sees it before the watch event arrives."""
+        data = self.core.api_client.sanitize_for_serialization(obj)
+        self.children.wrote(kind, self.namespace, self.name, data)
 
 
 def act(fleet: Fleet, action: Action) -> str:
@@ -92,7 +100,9 @@ def _create_pod(fleet: Fleet, action: CreatePod) -> str:
                 f"a pod named {action.name} exists and does not belong to this fleet; "
                 "delete or rename it"
             ) from exc
+        fleet.wrote("pods", existing)
         return f"pod {action.name} exists already ({action.reason})"
+    fleet.wrote("pods", pod)
     return f"created pod {pod.metadata.name if pod.metadata else '?'} ({action.reason})"
 
 
@@ -108,6 +118,10 @@ def _delete(fleet: Fleet, action: DeletePod | DeleteJob) -> str:
     except ApiException as exc:
         if exc.status != 404:
             raise
+    fleet.children.deleting(
+        "pods" if isinstance(action, DeletePod) else "jobs", fleet.namespace, fleet.name,
+        action.name,
+    )  # fmt: skip
     kind = "pod" if isinstance(action, DeletePod) else "migration Job"
     return f"deleting {kind} {action.name} ({action.reason})"
 
@@ -116,7 +130,7 @@ def _run_migration(fleet: Fleet, action: RunMigration) -> str:
     job = builders.migration_job(fleet.name, fleet.uid, fleet.spec, fleet.revision, action.to)
     name = job["metadata"]["name"]
     try:
-        fleet.batch.create_namespaced_job(fleet.namespace, job)  # type: ignore[arg-type]
+        created = fleet.batch.create_namespaced_job(fleet.namespace, job)  # type: ignore[arg-type]
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -125,6 +139,8 @@ def _run_migration(fleet: Fleet, action: RunMigration) -> str:
         annotations = (existing.metadata.annotations if existing.metadata else None) or {}
         if annotations.get(builders.ANNOTATION_TARGET) != action.to:
             raise RuntimeError(f"Job {name} exists for another migration target") from exc
+        created = existing
+    fleet.wrote("jobs", created)
     return f"migration Job {name} applies up to {action.to}"
 
 

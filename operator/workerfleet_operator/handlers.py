@@ -1,5 +1,7 @@
-"""Kopf wiring, and nothing else: a daemon per fleet runs `reconcile` on a short interval and
-at once when one of its pods or Jobs changes; deletion drains the pods first.
+"""Kopf wiring, and nothing else: a daemon per fleet runs `reconcile` when the fleet, one of
+its pods or Jobs changes, on a short interval while a rollout or migration is in progress,
+and on a slow resync at rest; the pod and Job watches also feed the read cache
+(workerfleet_operator.cache). Deletion drains the pods first.
 
     kopf run --standalone --all-namespaces -m workerfleet_operator.handlers
 """
@@ -20,14 +22,27 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from fleet_worker.durations import parse_duration
 from workerfleet_operator.act import drain_fleet
 from workerfleet_operator.builders import LABEL_FLEET
+from workerfleet_operator.cache import PRIME_EVERY_S
 from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
+from workerfleet_operator.planner import NoAction, Plan
 from workerfleet_operator.reconcile import Clients, reconcile
 
+# While something is in progress (a rollout, a migration, a drain, pods not ready), time
+# itself changes the plan (deadlines, heartbeats): look again this often.
 INTERVAL_S = float(os.environ.get("WORKERFLEET_RECONCILE_INTERVAL", "2"))
+# At rest only changes matter, and every change of the cluster arrives as an event; the
+# resync is the backstop for what does not (a worker that hangs without exiting is seen by
+# its heartbeat going stale), so it is also never longer than the fleet's sweep threshold.
+RESYNC_S = float(os.environ.get("WORKERFLEET_RESYNC_INTERVAL", "30"))
+# The database URL is read from its Secret again after this long, or at once after the
+# database refused it.
+SECRET_TTL_S = float(os.environ.get("WORKERFLEET_SECRET_TTL", "300"))
+AT_REST = frozenset({"Ready", "Failed", "Paused"})
 # How long a deleted fleet waits for its pods to drain before its finalizer goes anyway.
 DRAIN_LIMIT_S = float(os.environ.get("WORKERFLEET_DRAIN_LIMIT", "600"))
 METRICS_PORT = int(os.environ.get("WORKERFLEET_METRICS_PORT", "9090"))
@@ -40,6 +55,8 @@ _reconcilers = ThreadPoolExecutor(
     thread_name_prefix="reconcile",
 )
 _triggers: dict[tuple[str, str], asyncio.Event] = {}
+# Per fleet: the generation and annotations last acted on, so status writes do not trigger.
+_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
 _clients: Clients | None = None
 _elector: LeaderElector | None = None
 
@@ -84,9 +101,13 @@ def configure(
     if os.environ.get("WORKERFLEET_LEADER_ELECTION", "true").lower() != "false":
         _elector = LeaderElector(client.CoordinationV1Api(), lease_settings())
         _elector.start()
-        _clients = Clients.from_default_config(is_leader=_elector.is_leader)
+        _clients = Clients.from_default_config(
+            is_leader=_elector.is_leader, prime_every_s=PRIME_EVERY_S, secret_ttl_s=SECRET_TTL_S
+        )
     else:
-        _clients = Clients.from_default_config()
+        _clients = Clients.from_default_config(
+            prime_every_s=PRIME_EVERY_S, secret_ttl_s=SECRET_TTL_S
+        )
     if METRICS_PORT:
         METRICS.serve(METRICS_HOST, METRICS_PORT)
         logger.info("metrics on %s:%d/metrics", METRICS_HOST, METRICS_PORT)
@@ -110,14 +131,15 @@ async def fleet_daemon(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """Reconcile until the fleet is deleted: every INTERVAL_S, and at once when one of its
-    pods or Jobs changes. `body` is kept current by Kopf. The daemon itself only waits, so
-    thousands of fleets cost no threads."""
+    """Reconcile until the fleet is deleted: at once when it, one of its pods or Jobs
+    changes, else after `next_wait`. `body` is kept current by Kopf. The daemon itself only
+    waits, so thousands of fleets cost no threads."""
     assert namespace is not None  # WorkerFleet is namespaced
     trigger = _trigger(namespace, name)
     loop = asyncio.get_running_loop()
     while not stopped:
         trigger.clear()
+        wait = INTERVAL_S
         if _clients is not None and _clients.is_leader():
             step = functools.partial(
                 reconcile,
@@ -131,18 +153,57 @@ async def fleet_daemon(
                 status_data=dict(body.status),
             )
             try:
-                await loop.run_in_executor(_reconcilers, step)
+                done = await loop.run_in_executor(_reconcilers, step)
+                wait = next_wait(done, body.spec.get("sweepThreshold"))
             except Exception:  # the loop must survive anything one reconcile meets
                 logger.exception("reconcile failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(trigger.wait(), INTERVAL_S)
+            await asyncio.wait_for(trigger.wait(), wait)
+
+
+def next_wait(done: Plan | None, sweep_threshold: str | None) -> float:
+    """How long a fleet may wait for an event before it is looked at again."""
+    busy = done is not None and (
+        not isinstance(done.action, NoAction) or done.status.phase not in AT_REST
+    )
+    if busy:
+        return INTERVAL_S
+    try:
+        threshold = parse_duration(sweep_threshold) if sweep_threshold else RESYNC_S
+    except ValueError:
+        threshold = RESYNC_S
+    return max(INTERVAL_S, min(RESYNC_S, threshold))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def fleet_changed(
+    namespace: str | None, name: str, body: kopf.Body, event: Mapping[str, Any], **_: Any
+) -> None:
+    """A spec or annotation change (a version bump, an approval, a pause) is acted on at
+    once; our own status writes are not changes to act on (no new generation)."""
+    if namespace is None or event.get("type") == "DELETED":
+        return
+    seen = (body.metadata.get("generation"), tuple(sorted(body.metadata.annotations.items())))
+    if _seen.get((namespace, name)) != seen:
+        _seen[(namespace, name)] = seen
+        _trigger(namespace, name).set()
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FLEET: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FLEET: kopf.PRESENT})
-async def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    if namespace is not None:
-        _trigger(namespace, labels[LABEL_FLEET]).set()
+async def child_changed(
+    namespace: str | None,
+    labels: Mapping[str, str],
+    event: Mapping[str, Any],
+    resource: Any,
+    **_: Any,
+) -> None:
+    if namespace is None:
+        return
+    if _clients is not None:
+        kind = "pods" if resource.plural == "pods" else "jobs"
+        _clients.children.apply_event(kind, event.get("type"), dict(event.get("object") or {}))
+    _trigger(namespace, labels[LABEL_FLEET]).set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -170,3 +231,6 @@ def drain_on_delete(
         logger.warning("%d pod(s) still draining after %.0fs; releasing the fleet", remaining,
                        runtime.total_seconds())  # fmt: skip
     _triggers.pop((namespace, name), None)
+    _seen.pop((namespace, name), None)
+    if _clients is not None:
+        _clients.children.forget(namespace, name)

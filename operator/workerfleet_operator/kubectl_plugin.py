@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from workerfleet_operator import builders
+from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import MigrationInfo, Observation
 from workerfleet_operator.observe import Databases, observe
@@ -78,9 +79,10 @@ def _look(kube: Kube, fleet: dict[str, Any]) -> tuple[WorkerFleetSpec, Observati
     spec = WorkerFleetSpec.model_validate(fleet["spec"])
     meta = fleet["metadata"]
     dbs = Databases()
+    children = ChildCache(api_lister(kube.core, kube.batch), prime_every_s=0)
     try:
-        obs, _ = observe(core=kube.core, batch=kube.batch, dbs=dbs, name=meta["name"],
-                         namespace=kube.namespace, spec=spec,
+        obs, _ = observe(core=kube.core, children=children, secrets=SecretCache(kube.core, 0),
+                         dbs=dbs, name=meta["name"], namespace=kube.namespace, spec=spec,
                          annotations=meta.get("annotations") or {})  # fmt: skip
     finally:
         dbs.close()

@@ -1,10 +1,9 @@
-"""The imperative shell's eyes: read pods and Jobs from the API and pools and migrations
-from PostgreSQL into an Observation. Errors become fields the planner reports as conditions,
-never exceptions that stop the loop."""
+"""The imperative shell's eyes: read pods and Jobs (from the watch cache) and pools and
+migrations (from PostgreSQL) into an Observation. Errors become fields the planner reports
+as conditions, never exceptions that stop the loop."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import threading
@@ -15,19 +14,13 @@ from typing import Any
 
 import psycopg
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from fleet_worker.db import DatabaseUnavailableError, Schema, connect
 from fleet_worker.migrate import applied_migrations
 from fleet_worker.pools import pools_report
 from fleet_worker.protocol import LEASES
-from workerfleet_operator.builders import (
-    ANNOTATION_TARGET,
-    CONTAINER,
-    LABEL_COMPONENT,
-    LABEL_FLEET,
-    LABEL_REVISION,
-)
+from workerfleet_operator.builders import ANNOTATION_TARGET, CONTAINER, LABEL_REVISION
+from workerfleet_operator.cache import ChildCache, SecretCache
 from workerfleet_operator.models import GROUP, WorkerFleetSpec
 from workerfleet_operator.observation import (
     JobInfo,
@@ -146,20 +139,14 @@ def _termination_tail(pod: dict[str, Any]) -> str | None:
 
 
 def _job_pods_say(
-    core: client.CoreV1Api, namespace: str, selector: str, jobs: list[JobInfo]
+    core: client.CoreV1Api, children: ChildCache, namespace: str, name: str, jobs: list[JobInfo]
 ) -> list[JobInfo]:
     """What the pods of active and failed Jobs tell: why an active Job's pod cannot start (a
     Job without any pod was refused at creation: its FailedCreate Event says why), and how
-    a failed Job's pod ended. Read only while such a Job exists, so an idle fleet costs
-    nothing here."""
+    a failed Job's pod ended. Looked at only while such a Job exists."""
     if not any(j.active or j.failed for j in jobs):
         return jobs
-    pods = items(
-        core.list_namespaced_pod(
-            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=migration",
-            _preload_content=False,
-        )
-    )  # fmt: skip
+    pods = children.objects("pods", namespace, name, "migration")
     by_job: dict[str, list[dict[str, Any]]] = {}
     for pod in pods:
         labels = pod["metadata"].get("labels") or {}
@@ -285,29 +272,11 @@ def queue_info(conn: psycopg.Connection, schema: Schema) -> QueueInfo:
     return QueueInfo(runnable=int(row[0]), oldest_age_s=row[1])
 
 
-def database_url(core: client.CoreV1Api, namespace: str, spec: WorkerFleetSpec) -> str:
-    """The URL from the fleet's Secret; raises LookupError with a message naming it."""
-    ref = spec.database.secret_ref
-    try:
-        secret = core.read_namespaced_secret(ref.name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise LookupError(
-                f"Secret {namespace}/{ref.name} (spec.database.secretRef) not found"
-            ) from exc
-        raise LookupError(f"cannot read Secret {namespace}/{ref.name}: {exc.reason}") from exc
-    data = secret.data or {}
-    if ref.key not in data:
-        raise LookupError(
-            f"Secret {namespace}/{ref.name} has no key {ref.key!r} (spec.database.secretRef.key)"
-        )
-    return base64.b64decode(data[ref.key]).decode()
-
-
 def observe(
     *,
     core: client.CoreV1Api,
-    batch: client.BatchV1Api,
+    children: ChildCache,
+    secrets: SecretCache,
     dbs: Databases,
     name: str,
     namespace: str,
@@ -315,28 +284,18 @@ def observe(
     annotations: dict[str, str],
 ) -> tuple[Observation, str | None]:
     """The observation, and the database URL when it could be read."""
-    selector = f"{LABEL_FLEET}={name}"
-    pods = items(
-        core.list_namespaced_pod(
-            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=worker",
-            _preload_content=False,
-        )
-    )  # fmt: skip
-    jobs = items(
-        batch.list_namespaced_job(
-            namespace, label_selector=f"{selector},{LABEL_COMPONENT}=migration",
-            _preload_content=False,
-        )
-    )  # fmt: skip
+    pods = children.objects("pods", namespace, name, "worker")
+    jobs = children.objects("jobs", namespace, name, "migration")
     base = Observation(
         pods=tuple(pod_info(p) for p in pods),
         pools=(),
         applied=(),
-        jobs=tuple(_job_pods_say(core, namespace, selector, [job_info(j) for j in jobs])),
+        jobs=tuple(_job_pods_say(core, children, namespace, name, [job_info(j) for j in jobs])),
         approved_migration=annotations.get(APPROVAL_ANNOTATION),
     )
+    ref = spec.database.secret_ref
     try:
-        url = database_url(core, namespace, spec)
+        url = secrets.url(namespace, ref.name, ref.key)
     except LookupError as exc:
         return replace(base, secret_error=str(exc)), None
     schema = Schema(spec.schema_name)
@@ -356,6 +315,7 @@ def observe(
     try:
         applied, rows, queue = dbs.run(url, read)
     except (DatabaseUnavailableError, psycopg.Error) as exc:
+        secrets.invalidate(namespace, ref.name, ref.key)  # perhaps rotated: read it again
         return replace(base, database_error=str(exc).splitlines()[0]), url
     return (
         replace(

@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from workerfleet_operator import builders
 from workerfleet_operator.act import Fleet, RefusedError, act, post_event, write_status
+from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
 from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
@@ -43,15 +44,29 @@ class Clients:
     custom: client.CustomObjectsApi
     dbs: Databases
     events: EventRecorder
+    children: ChildCache
+    secrets: SecretCache
     # Whether this replica may act now (leader election); observing is always allowed.
     is_leader: Callable[[], bool] = lambda: True
 
     @classmethod
-    def from_default_config(cls, is_leader: Callable[[], bool] | None = None) -> Clients:
+    def from_default_config(
+        cls,
+        is_leader: Callable[[], bool] | None = None,
+        *,
+        prime_every_s: float = 0.0,
+        secret_ttl_s: float = 0.0,
+    ) -> Clients:
+        """Clients on the default configuration. With the defaults every read goes to the
+        API server (a one-shot reader); the operator passes its cache settings, and feeds
+        `children` from its watches."""
         api = client.ApiClient()
-        core = client.CoreV1Api(api)
-        return cls(core, client.BatchV1Api(api), client.CustomObjectsApi(api), Databases(),
-                   EventRecorder(core), is_leader or (lambda: True))  # fmt: skip
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        return cls(
+            core, batch, client.CustomObjectsApi(api), Databases(), EventRecorder(core),
+            ChildCache(api_lister(core, batch), prime_every_s=prime_every_s),
+            SecretCache(core, secret_ttl_s), is_leader or (lambda: True),
+        )  # fmt: skip
 
 
 def previous_status(raw: dict[str, Any] | None) -> WorkerFleetStatus:
@@ -99,6 +114,15 @@ def api_message(exc: ApiException) -> str:
     return str(message or exc.reason or exc)
 
 
+def _without_nulls(value: Any) -> Any:
+    """Status as stored: a merge patch deletes the keys it sets to null."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def describe_action(action: Action) -> str:
     match action:
         case CreatePod():
@@ -140,8 +164,8 @@ def reconcile(
         return None
     revision = builders.revision(name, spec, namespace)
     obs, url = observe(
-        core=clients.core, batch=clients.batch, dbs=clients.dbs, name=name,
-        namespace=namespace, spec=spec, annotations=annotations,
+        core=clients.core, children=clients.children, secrets=clients.secrets, dbs=clients.dbs,
+        name=name, namespace=namespace, spec=spec, annotations=annotations,
     )  # fmt: skip
     previous = previous_status(status_data)
     result = plan(
@@ -151,7 +175,7 @@ def reconcile(
     fleet = Fleet(
         name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
         core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs,
-        events=clients.events, url=url,
+        events=clients.events, children=clients.children, url=url,
     )  # fmt: skip
     outcome = "ok"
     status = result.status
@@ -175,6 +199,7 @@ def reconcile(
             post_event(fleet, "Normal", action_name, done)
     except ApiException as exc:
         outcome = "error"
+        clients.children.invalidate(namespace, name)  # the server saw it otherwise: list again
         why = api_message(exc)
         log.warning("%s/%s: %s refused: %s", namespace, name, action_name, why)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
@@ -201,7 +226,11 @@ def reconcile(
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {exc}")
     for type_, reason, message in result.events:
         post_event(fleet, type_, reason, message)
-    if clients.is_leader():  # the lease may have been lost while acting
+    # Unchanged status is not written again: at rest a fleet costs the API server nothing.
+    unchanged = _without_nulls(status.model_dump(by_alias=True, mode="json")) == _without_nulls(
+        status_data or {}
+    )
+    if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
         write_status(fleet, status)
     METRICS.observe_reconcile(time.perf_counter() - started, outcome, type(result.action).__name__)
     return result
