@@ -11,7 +11,12 @@ operator process, then over a window after a settle:
 - reaction time: a version bump on one fleet until its status carries the new generation
   (median of 3).
 
-    python -m bench.operator_scale [--sizes 1,10,100,200,1000] [--window 30] [--json PATH]
+Then, under load (`--load`): 200 idle fleets beside 10 fleets of 2 real worker pods each
+(the e2e test app) rolling from release 1 to 2 (a safe migration Job, then pods one at a
+time): reconcile p50 / p99 during the rollouts, and how fast a version bump on an idle
+fleet is acted on meanwhile.
+
+    python -m bench.operator_scale [--sizes 1,10,100,200,1000] [--window 30] [--load]
 
 Prints a table and writes JSON (bench/results/operator.json by default).
 """
@@ -226,6 +231,80 @@ def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) ->
             client.delete(f"/api/v1/namespaces/{ns}")
 
 
+ROLLING = 10
+FAST = {"heartbeatInterval": "500ms", "sweepInterval": "1s", "sweepThreshold": "5s",
+        "gracefulShutdownTimeout": "5s", "concurrency": 2}  # fmt: skip
+
+
+def _ready(client: Client, ns: str, name: str, version: str) -> bool:
+    fleet = client.get(FLEETS.format(ns=ns) + f"/{name}")
+    status = fleet.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+    return bool(
+        ready and ready["status"] == "True"
+        and ready.get("observedGeneration") == fleet["metadata"]["generation"]
+        and status.get("currentVersion") == version
+    )  # fmt: skip
+
+
+def _wait_all(client: Client, ns: str, names: list[str], version: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_ready(client, ns, n, version) for n in names):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fleets not Ready at {version} in {timeout:.0f}s")
+        time.sleep(1)
+
+
+def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> dict[str, Any]:
+    client = cluster.client()
+    ns = "bench-load"
+    create_namespace(client, ns)
+    client.create(f"/api/v1/namespaces/{ns}/secrets",
+                  {"metadata": {"name": "db"}, "stringData": {"url": url}})  # fmt: skip
+    for i in range(idle):
+        client.create(FLEETS.format(ns=ns), fleet_body(i))
+    rolling = [f"r{i:02d}" for i in range(ROLLING)]
+    for name in rolling:
+        body = fleet_body(0)
+        body["metadata"]["name"] = name
+        body["spec"].update(image="workerfleet.test/app", app="fleet_e2e_app", replicas=2,
+                            schema=f"bench_{name}", **FAST)  # fmt: skip
+        client.create(FLEETS.format(ns=ns), body)
+    op = Operator(cluster.kubeconfig, workdir / "operator-load.log")
+    try:
+        _wait_all(client, ns, rolling, "1", 300)
+        m0, t0 = operator_metrics(op.port), time.monotonic()
+        for name in rolling:
+            client.merge_patch(FLEETS.format(ns=ns) + f"/{name}", {"spec": {"version": "2"}})
+        reactions, version = [], 10
+        while not all(_ready(client, ns, n, "2") for n in rolling):
+            if time.monotonic() - t0 > 300:
+                raise TimeoutError("rollouts did not finish in 300s")
+            version += 1
+            reactions.append(react(client, ns, f"f{version % idle:04d}", str(version)))
+            time.sleep(2)
+        m1, elapsed = operator_metrics(op.port), time.monotonic() - t0
+        p50, p99 = quantile(m0, m1, 0.5), quantile(m0, m1, 0.99)
+        count = (
+            m1["workerfleet_reconcile_seconds_count"] - m0["workerfleet_reconcile_seconds_count"]
+        )
+        return {
+            "idle_fleets": idle,
+            "rolling_fleets": ROLLING,
+            "rollouts_s": round(elapsed, 1),
+            "reconciles_per_s": round(count / elapsed, 2),
+            "reconcile_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "reconcile_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            "idle_bumps": len(reactions),
+            "reaction_s_median": round(statistics.median(reactions), 2) if reactions else None,
+            "reaction_s_max": round(max(reactions), 2) if reactions else None,
+        }
+    finally:
+        op.stop()
+        with contextlib.suppress(ApiError):
+            client.delete(f"/api/v1/namespaces/{ns}")
+
+
 COLUMNS = (
     ("fleets", "fleets"),
     ("operator CPU s/min", "cpu_s_per_min"),
@@ -255,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,100,200,1000")
     parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--load", action="store_true", help="also 10 rollouts among 200 idle")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "operator.json")
     args = parser.parse_args(argv)
-    sizes = [int(x) for x in args.sizes.split(",")]
-    rows = []
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    rows: list[dict[str, Any]] = []
+    load: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp, LocalPostgres() as pg:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             migrate(conn, Schema(SCHEMA), Catalog.load(APPS / "fleet_test_apps" / "migrations_v1"))
@@ -270,9 +351,18 @@ def main(argv: list[str] | None = None) -> int:
                 row = measure(cluster, pg.url, n, args.window, Path(tmp))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.load:
+                from tests.e2e.operator_env import register_app_images
+
+                register_app_images(cluster, Path(tmp) / "apps")
+                load = measure_load(cluster, pg.url, Path(tmp))
+                print(json.dumps(load), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
-    print(table(rows))
+    args.json.write_text(json.dumps({"idle": rows, "load": load}, indent=2))
+    if rows:
+        print(table(rows))
+    if load:
+        print("| under load | " + " | ".join(f"{k}: {v}" for k, v in load.items()) + " |")
     return 0
 
 
