@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -78,6 +79,13 @@ def lease_settings() -> LeaseSettings:
     )
 
 
+def confined_to_namespaces(argv: list[str]) -> bool:
+    """`kopf run --namespace=...` rather than `--all-namespaces`/`-A`."""
+    return not any(a in ("--all-namespaces", "-A") for a in argv) and any(
+        a in ("--namespace", "-n") or a.startswith("--namespace=") for a in argv
+    )
+
+
 def _trigger(namespace: str, fleet: str) -> asyncio.Event:
     return _triggers.setdefault((namespace, fleet), asyncio.Event())
 
@@ -93,6 +101,12 @@ def configure(
     settings.posting.level = logging.WARNING
     # One line per handled pod event is noise at this rate; our own log says what we did.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if confined_to_namespaces(sys.argv):
+        # Watching named namespaces, Kopf would still try to list all namespaces (9 tries,
+        # about a minute, before it falls back to the names it was given), which the
+        # namespaced RBAC rightly forbids. The names are exact: nothing to scan. (The CRD
+        # must then be installed before the operator starts, as deploy/ does.)
+        settings.scanning.disabled = True
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:

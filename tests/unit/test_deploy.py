@@ -296,3 +296,18 @@ def test_example_fleet_passes_the_crd_schema_and_its_cel_rules(
     # ones; tests/e2e applies this fleet).
     assert parse_duration(spec["sweepThreshold"]) >= 2 * parse_duration(spec["heartbeatInterval"])
     assert spec["rollout"]["maxSurge"] > 0 or spec["rollout"]["maxUnavailable"] > 0
+
+
+def test_only_a_namespaced_operator_turns_kopf_scanning_off() -> None:
+    """Confined to named namespaces, Kopf must not try to list all of them (the namespaced
+    RBAC forbids it, and Kopf retried for a minute before acting); cluster-wide it keeps
+    scanning, so a CRD installed after the operator is still found."""
+    from workerfleet_operator.handlers import confined_to_namespaces
+
+    namespaced = _objects(DEPLOY / "namespaced")[("Deployment", "workerfleet-operator")]
+    cluster_wide = _objects(DEPLOY)[("Deployment", "workerfleet-operator")]
+    for deployment, confined in ((namespaced, True), (cluster_wide, False)):
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert confined_to_namespaces(container["command"]) is confined
+    assert confined_to_namespaces(["kopf", "run", "-n", "a", "-m", "x"])
+    assert not confined_to_namespaces(["kopf", "run", "-A", "-m", "x"])
