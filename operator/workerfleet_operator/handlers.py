@@ -27,6 +27,7 @@ from fleet_worker.durations import parse_duration
 from workerfleet_operator.act import drain_fleet
 from workerfleet_operator.builders import LABEL_FLEET
 from workerfleet_operator.cache import PRIME_EVERY_S
+from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
@@ -127,10 +128,26 @@ def configure(
         logger.info("metrics on %s:%d/metrics", METRICS_HOST, METRICS_PORT)
 
 
+def _ensure_database_watch(clients: Clients, loop: asyncio.AbstractEventLoop) -> None:
+    """One change detector per database for all fleets on it, polling every INTERVAL_S:
+    a pool that registers, drains, stops or goes stale wakes its fleets at once. Started
+    from the first daemon, on Kopf's loop, which the wakes must be handed to."""
+    if clients.watch is not None:
+        return
+
+    def wake(key: tuple[str, str]) -> None:
+        loop.call_soon_threadsafe(_trigger(*key).set)
+
+    clients.watch = DatabaseWatch(clients.dbs, INTERVAL_S, wake)
+    clients.watch.start()
+
+
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     if _elector is not None:
         _elector.stop(release=True)
+    if _clients is not None and _clients.watch is not None:
+        _clients.watch.stop()
     _reconcilers.shutdown(wait=False, cancel_futures=True)
     if _clients is not None:
         _clients.dbs.close()
@@ -151,6 +168,8 @@ async def fleet_daemon(
     assert namespace is not None  # WorkerFleet is namespaced
     trigger = _trigger(namespace, name)
     loop = asyncio.get_running_loop()
+    if _clients is not None:
+        _ensure_database_watch(_clients, loop)
     while not stopped:
         trigger.clear()
         wait = INTERVAL_S
@@ -248,3 +267,5 @@ def drain_on_delete(
     _seen.pop((namespace, name), None)
     if _clients is not None:
         _clients.children.forget(namespace, name)
+        if _clients.watch is not None:
+            _clients.watch.unregister((namespace, name))

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from workerfleet_operator import builders
 from workerfleet_operator.act import Fleet, RefusedError, act, post_event, write_status
 from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
+from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.events import EventRecorder
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
@@ -48,6 +49,8 @@ class Clients:
     secrets: SecretCache
     # Whether this replica may act now (leader election); observing is always allowed.
     is_leader: Callable[[], bool] = lambda: True
+    # Wakes fleets at rest when their database changes (the operator sets it).
+    watch: DatabaseWatch | None = None
 
     @classmethod
     def from_default_config(
@@ -167,6 +170,10 @@ def reconcile(
         core=clients.core, children=clients.children, secrets=clients.secrets, dbs=clients.dbs,
         name=name, namespace=namespace, spec=spec, annotations=annotations,
     )  # fmt: skip
+    if url is not None and clients.watch is not None:
+        clients.watch.register(
+            (namespace, name), url, spec.schema_name, spec.seconds("sweep_threshold")
+        )
     previous = previous_status(status_data)
     result = plan(
         name=name, spec=spec, generation=generation, revision=revision, obs=obs,
