@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from localcluster.cluster import Cluster, create_namespace, install_crd
 from localcluster.kube import ApiError, Client
 from localcluster.procs import free_port
 from workerfleet_dev.postgres import LocalPostgres
+from workerfleet_operator.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "tests" / "apps"
@@ -77,14 +77,7 @@ def apiserver_requests(client: Client) -> float:
 
 
 def operator_metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
+    return scrape(port)
 
 
 def _buckets(m: dict[str, float]) -> list[tuple[float, float]]:

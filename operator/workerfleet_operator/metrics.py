@@ -72,3 +72,17 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10) -> dict[str, float]:
+    """A running operator's metrics as `name{labels}` -> value (tests and benchmarks)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out

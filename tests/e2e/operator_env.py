@@ -24,6 +24,7 @@ from localcluster.procs import free_port
 from tests.conftest import APPS_DIR
 from tests.e2e.kind_backend import ClusterLike
 from tests.helpers import wait_for
+from workerfleet_operator.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -119,17 +120,7 @@ class OperatorProcess:
 
     def metrics(self) -> dict[str, float]:
         """The operator's Prometheus metrics, as name{labels} -> value."""
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                out[key] = float(value)
-        return out
+        return scrape(self.metrics_port)
 
 
 class FleetEnv:
