@@ -44,6 +44,12 @@ def _rv(obj: Obj) -> int:
         return 1 << 62
 
 
+def _keep_newer(objects: dict[str, Obj], obj: Obj) -> None:
+    name = obj["metadata"]["name"]
+    if name not in objects or _rv(obj) >= _rv(objects[name]):
+        objects[name] = obj
+
+
 @dataclass
 class _Fleet:
     objects: dict[str, dict[str, Obj]] = field(default_factory=lambda: {k: {} for k in KINDS})
@@ -85,17 +91,14 @@ class ChildCache:
             objects = self._fleet(key).objects[kind]
             if event_type == "DELETED":
                 objects.pop(name, None)
-            elif name not in objects or _rv(obj) >= _rv(objects[name]):
-                objects[name] = obj
+            else:
+                _keep_newer(objects, obj)
         return key
 
     def wrote(self, kind: str, namespace: str, fleet: str, obj: Obj) -> None:
         """An object this operator just created: visible to the next reconcile at once."""
         with self._lock:
-            objects = self._fleet((namespace, fleet)).objects[kind]
-            name = obj["metadata"]["name"]
-            if name not in objects or _rv(obj) >= _rv(objects[name]):
-                objects[name] = obj
+            _keep_newer(self._fleet((namespace, fleet)).objects[kind], obj)
 
     def deleting(self, kind: str, namespace: str, fleet: str, name: str) -> None:
         """An object this operator just asked to delete: terminating until the watch says
@@ -146,9 +149,7 @@ class ChildCache:
                     if _rv(current[name]) <= list_rv:
                         del current[name]
                 for obj in objs:
-                    self_name = obj["metadata"]["name"]
-                    if self_name not in current or _rv(obj) >= _rv(current[self_name]):
-                        current[self_name] = obj
+                    _keep_newer(current, obj)
             entry.primed_at = started
 
 

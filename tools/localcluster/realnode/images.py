@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from localcluster import bins, procs
@@ -194,12 +194,6 @@ class ImageBuilder(Lifecycle):
                 )  # fmt: skip
                 self.build(PAUSE_IMAGE, dockerfile=PAUSE_DIR / "Dockerfile", context=ctx)
         return PAUSE_IMAGE
-
-
-@contextlib.contextmanager
-def builder(tools: Tools) -> Iterator[ImageBuilder]:
-    with ImageBuilder(tools) as b:
-        yield b
 
 
 def _log(msg: str) -> None:
