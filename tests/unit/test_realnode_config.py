@@ -42,7 +42,16 @@ def test_containerd_config_is_valid_toml_with_the_settings_this_machine_needs() 
 
 def test_instances_never_share_a_bridge_subnet_chain_or_directory() -> None:
     a, b = Layout(0), Layout(1)
-    for attr in ("root", "bridge", "subnet", "gateway", "chain", "cgroup_root", "lock"):
+    for attr in (
+        "root",
+        "bridge",
+        "bridge_mac",
+        "subnet",
+        "gateway",
+        "chain",
+        "cgroup_root",
+        "lock",
+    ):
         assert getattr(a, attr) != getattr(b, attr), attr
     assert len(Layout(199).bridge) <= 15  # Linux interface names
     with pytest.raises(ValueError):

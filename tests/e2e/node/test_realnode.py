@@ -77,6 +77,49 @@ time.sleep(3600)
 """
 
 
+def _bridge_mac(bridge: str) -> str:
+    return Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+
+
+def _port_macs(bridge: str) -> list[str]:
+    ports = Path(f"/sys/class/net/{bridge}/brif").iterdir()
+    return sorted(Path(f"/sys/class/net/{p.name}/address").read_text().strip() for p in ports)
+
+
+def test_the_gateway_keeps_its_mac_while_pods_come_and_go(
+    local_cluster: ClusterLike, kube_namespace: str
+) -> None:
+    """A bridge whose MAC was never set takes its lowest port's and changes with the pods;
+    every pod's cached ARP entry for the gateway then goes nowhere, and their connections
+    to PostgreSQL stall in TCP retransmission (seen in CI: 2-4 s without a heartbeat, a
+    fenced worker, jobs given back and run twice)."""
+    assert isinstance(local_cluster, RealNodeCluster)
+    lay = local_cluster.layout
+    client = local_cluster.client()
+    before = _bridge_mac(lay.bridge)
+    names = [f"churn-{i}" for i in range(4)]
+    for name in names:
+        pod = {**POD, "metadata": {"name": name}}
+        client.create(f"/api/v1/namespaces/{kube_namespace}/pods", pod)
+    seen = set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        seen.add(_bridge_mac(lay.bridge))
+        pods = [client.get(f"/api/v1/namespaces/{kube_namespace}/pods/{n}") for n in names]
+        if all((p.get("status") or {}).get("phase") == "Running" for p in pods):
+            break
+        time.sleep(0.2)
+    else:
+        raise TimeoutError("churn pods not Running")
+    ports = _port_macs(lay.bridge)
+    assert len(ports) >= len(names)
+    for name in names:
+        client.delete(f"/api/v1/namespaces/{kube_namespace}/pods/{name}")
+    seen.add(_bridge_mac(lay.bridge))
+    assert seen == {before}, f"the bridge MAC changed as pods came and went: {seen}"
+    assert before == lay.bridge_mac, f"bridge MAC {before} was not set by us"
+
+
 def test_a_killed_run_is_cleaned_by_the_next_start_and_stop_leaves_nothing(
     local_cluster: ClusterLike, tmp_path: Path
 ) -> None:

@@ -44,6 +44,16 @@ class Layout:
         return f"10.213.{self.index}.1"
 
     @property
+    def bridge_mac(self) -> str:
+        """A fixed MAC for the bridge, from its address as the CNI bridge plugin derives one
+        (0a:58 and the four octets). A Linux bridge whose MAC was never set takes the lowest
+        MAC of its ports and changes it as pods come and go: every pod's ARP entry for the
+        gateway then points at an address nobody answers, and their TCP to PostgreSQL stalls
+        in retransmission for seconds, long enough to cost a worker its lease."""
+        octets = [int(x) for x in self.gateway.split(".")]
+        return ":".join(f"{b:02x}" for b in (0x0A, 0x58, *octets))
+
+    @property
     def chain(self) -> str:
         return f"WORKERFLEET-NODE-{self.index}"
 

@@ -62,7 +62,7 @@ def cni_conflist(lay: Layout, ipam_dir: Path) -> dict[str, object]:
 
 def setup(lay: Layout, cni_conf: Path, ipam_dir: Path, apiserver_port: int) -> None:
     teardown(lay)
-    _run("ip", "link", "add", lay.bridge, "type", "bridge")
+    _run("ip", "link", "add", lay.bridge, "address", lay.bridge_mac, "type", "bridge")
     _run("ip", "addr", "add", f"{lay.gateway}/{lay.subnet.split('/')[1]}", "dev", lay.bridge)
     _run("ip", "link", "set", lay.bridge, "up")
     Path(f"/proc/sys/net/ipv4/conf/{lay.bridge}/route_localnet").write_text("1\n")
