@@ -15,6 +15,7 @@ from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
 from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
 from fleet_worker.queue import (
+    InvalidJobError,
     Job,
     JobSpec,
     QueueSQL,
@@ -282,3 +283,50 @@ def test_a_replayed_failure_cannot_release_a_later_attempt(
     assert not fail(database_url, schema, pool, first, 0)  # the replay of attempt 1
     [(locked_by, attempts)] = q(conn, schema.name, "select locked_by, attempts from {s}.jobs")
     assert str(locked_by) == pool and attempts == 2
+
+
+def test_add_jobs_returns_each_specs_id_in_order_keyed_or_not(
+    conn: psycopg.Connection, schema: Schema
+) -> None:
+    """Keyless specs go in one statement, keyed ones through add_job(): the ids still line
+    up with the specs, every field lands, and a key still replaces its waiting job."""
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    old = add_job(conn, JobSpec("a", {"v": "old"}, job_key="k1"), schema)
+    specs = [
+        JobSpec("a", {"n": 0}),
+        JobSpec("b", {"n": 1}, queue="fresh-queue", priority=-3),
+        JobSpec("a", {"v": "new"}, job_key="k1", max_attempts=2),
+        JobSpec("b", None, run_at=later, max_attempts=7),
+        JobSpec("a", {"n": 4}, job_key="k2"),
+        *(JobSpec("a", {"n": i}) for i in range(5, 300)),
+    ]
+    ids = add_jobs(conn, specs, schema)
+    assert len(ids) == len(specs) == len(set(ids))
+    assert ids[2] == old  # replaced by key, same row
+    rows = {
+        r[0]: r[1:]
+        for r in q(
+            conn,
+            schema.name,
+            "select id, task_identifier, payload, queue_name, priority, run_at, max_attempts, "
+            "key from {s}.jobs",
+        )
+    }
+    for job_id, spec in zip(ids, specs, strict=True):
+        task, payload, queue, priority, run_at, max_attempts, key = rows[job_id]
+        assert (task, payload, queue, key) == (spec.task, spec.payload or {}, spec.queue,
+                                               spec.job_key)  # fmt: skip
+        assert priority == (spec.priority or 0) and max_attempts == (spec.max_attempts or 25)
+        if spec.run_at is not None:
+            assert run_at == spec.run_at
+    assert q(conn, schema.name, "select queue_name from {s}.job_queues") == [("fresh-queue",)]
+
+
+def test_add_jobs_refuses_a_bad_spec_and_adds_none(
+    conn: psycopg.Connection, schema: Schema
+) -> None:
+    with pytest.raises(InvalidJobError):
+        add_jobs(conn, [JobSpec("a"), JobSpec("a", {"x": object()})], schema)
+    with pytest.raises(InvalidJobError):
+        add_jobs(conn, [JobSpec("a"), JobSpec("")], schema)
+    assert q(conn, schema.name, "select count(*) from {s}.jobs") == [(0,)]

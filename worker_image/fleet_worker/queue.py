@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -44,24 +44,63 @@ class JobSpec:
     max_attempts: int | None = None
     job_key: str | None = None
 
-    def params(self) -> list[Any]:
+    def _validate(self) -> None:
         if not self.task or len(self.task) > 128:
             raise InvalidJobError("task identifier must be 1-128 characters")
         if self.max_attempts is not None and not 1 <= self.max_attempts <= 32767:
             raise InvalidJobError("max_attempts must be between 1 and 32767")
-        try:
-            payload = json.dumps({} if self.payload is None else self.payload)
-        except (TypeError, ValueError) as exc:
-            raise InvalidJobError(f"payload is not JSON-serialisable: {exc}") from exc
+
+    def params(self) -> list[Any]:
+        """The arguments of the schema's add_job(), in order."""
+        self._validate()
         return [
             self.task,
-            payload,
+            _json(self.payload),
             self.queue,
             self.run_at,
             self.max_attempts,
             self.job_key,
             self.priority,
         ]
+
+    def row(self) -> dict[str, Any]:
+        """One element of the bulk insert's JSON array (keys as in `_BULK_INSERT`)."""
+        self._validate()
+        return {
+            "task": self.task,
+            "payload": {} if self.payload is None else self.payload,
+            "queue": self.queue,
+            "run_at": None if self.run_at is None else self.run_at.isoformat(),
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+        }
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps({} if value is None else value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+# Keyless jobs need no per-row logic: one INSERT ... SELECT over a JSON array of specs (its
+# queues created in the same statement) instead of one add_job() call per job. Ids come from
+# the sequence in row order, so sorted they line up with the specs.
+_BULK_INSERT = """
+with specs as (
+    select * from jsonb_to_recordset(%s::jsonb) as s(
+        ord int, task text, payload jsonb, queue text, run_at timestamptz,
+        max_attempts int, priority int)
+), queues as (
+    insert into {s}.job_queues (queue_name)
+    select distinct queue from specs where queue is not null
+    on conflict do nothing
+)
+insert into {s}.jobs (task_identifier, payload, queue_name, run_at, max_attempts, priority)
+select task, coalesce(payload, '{{}}'::jsonb), queue, coalesce(run_at, now()),
+       coalesce(max_attempts, 25), coalesce(priority, 0)
+from specs order by ord
+returning id"""
 
 
 def _add_job_sql(schema: Schema) -> sql.Composed:
@@ -80,18 +119,31 @@ def add_job(conn: psycopg.Connection, spec: JobSpec, schema: Schema | None = Non
 def add_jobs(
     conn: psycopg.Connection, specs: Sequence[JobSpec], schema: Schema | None = None
 ) -> list[int]:
-    """Enqueue many jobs in one transaction, pipelined (one network round trip per batch)."""
-    query = _add_job_sql(schema or Schema())
-    params = [s.params() for s in specs]
-    ids: list[int] = []
+    """Enqueue many jobs in one transaction; returns their ids in the order of `specs`.
+    Keyless jobs go in one statement; keyed ones through add_job() (replacing an existing
+    job by key needs its per-row logic), pipelined in one round trip."""
+    schema = schema or Schema()
+    keyless = [(i, s.row()) for i, s in enumerate(specs) if s.job_key is None]
+    keyed = [(i, s.params()) for i, s in enumerate(specs) if s.job_key is not None]
+    ids: list[int] = [0] * len(specs)
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(query, params, returning=True)
-        while True:
-            row = cur.fetchone()
-            if row is not None:
-                ids.append(int(row[0]))
-            if not cur.nextset():
-                break
+        if keyless:
+            rows = [{**row, "ord": n} for n, (_, row) in enumerate(keyless)]
+            try:
+                array = json.dumps(rows)
+            except (TypeError, ValueError) as exc:
+                raise InvalidJobError(f"payload is not JSON-serialisable: {exc}") from exc
+            cur.execute(schema.q(_BULK_INSERT), [array])
+            new = sorted(int(r[0]) for r in cur.fetchall())
+            for (i, _), job_id in zip(keyless, new, strict=True):
+                ids[i] = job_id
+        if keyed:
+            cur.executemany(_add_job_sql(schema), [p for _, p in keyed], returning=True)
+            for i, _ in keyed:
+                row = cur.fetchone()
+                assert row is not None
+                ids[i] = int(row[0])
+                cur.nextset()
     return ids
 
 
@@ -134,55 +186,60 @@ class QueueSQL:
                update {s}.jobs j set locked_by = %(pool)s, locked_at = now(),
                    attempts = j.attempts + 1, updated_at = now(),
                    lock_token = nextval(%(tokens_seq)s::regclass)
-               from chosen where j.id = chosen.id
+               where j.id = any(array(select id from chosen))
                returning j.id, j.task_identifier, j.payload, j.queue_name, j.priority,
                          j.run_at, j.attempts, j.max_attempts, j.key, j.lock_token"""
         )
         # (A pool whose own heartbeat is older than the threshold is not live to others:
-        # it must not take work either, whatever it believes about itself.)
-        # Fenced on the attempt: only the pool that holds the lock, and only for the attempt
-        # it fetched (tokens are unique), may finish the job.
-        self.complete = schema.q(
-            """with done as (
-                   delete from {s}.jobs where id = any(%(ids)s) and locked_by = %(pool)s
-                     and lock_token = any(%(tokens)s)
-                   returning id, queue_name
-               ), queues as (
-                   update {s}.job_queues q set locked_by = null, locked_at = null
-                   from done where q.queue_name = done.queue_name and q.locked_by = %(pool)s
-               )
-               select id from done"""
+        # it must not take work either, whatever it believes about itself.) The chosen ids
+        # as an array: joined as a CTE, the planner expects few rows and past a few hundred
+        # it scans the whole table (3.5 ms of a 15 ms fetch of 500 from 20,000 queued).
+        self.complete = _fenced(schema, "delete from {s}.jobs where {fence}")
+        self.fail = _fenced(
+            schema,
+            """update {s}.jobs set locked_by = null, locked_at = null, last_error = %(error)s,
+                   run_at = now() + make_interval(secs => %(delay)s),
+                   attempts = case when %(permanent)s then max_attempts else attempts end,
+                   updated_at = now()
+               where id = %(id)s and locked_by = %(pool)s and lock_token = %(token)s""",
         )
-        self.fail = schema.q(
-            """with failed as (
-                   update {s}.jobs set locked_by = null, locked_at = null, last_error = %(error)s,
-                       run_at = now() + make_interval(secs => %(delay)s),
-                       attempts = case when %(permanent)s then max_attempts else attempts end,
-                       updated_at = now()
-                   where id = %(id)s and locked_by = %(pool)s and lock_token = %(token)s
-                   returning id, queue_name
-               ), queues as (
-                   update {s}.job_queues q set locked_by = null, locked_at = null
-                   from failed where q.queue_name = failed.queue_name and q.locked_by = %(pool)s
-               )
-               select id from failed"""
+        # Jobs fetched ahead into the local queue and never started, handed back: their
+        # fetch took an attempt that did not happen, so it is returned; they keep their place.
+        self.unfetch = _fenced(
+            schema,
+            """update {s}.jobs set locked_by = null, locked_at = null,
+                   attempts = greatest(attempts - 1, 0), updated_at = now()
+               where {fence}""",
         )
         # Give attempts back unrecorded (the worker cancelled them when its lease ran out):
         # the attempt counts, as any interrupted one does.
-        self.release = schema.q(
-            """with released as (
-                   update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
-                       last_error = %(error)s, updated_at = now()
-                   where id = any(%(ids)s) and locked_by = %(pool)s
-                     and lock_token = any(%(tokens)s)
-                   returning id, queue_name
-               ), queues as (
-                   update {s}.job_queues q set locked_by = null, locked_at = null
-                   from released where q.queue_name = released.queue_name
-                     and q.locked_by = %(pool)s
-               )
-               select id from released"""
+        self.release = _fenced(
+            schema,
+            """update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
+                   last_error = %(error)s, updated_at = now()
+               where {fence}""",
         )
+
+
+# Fenced on the attempt: only the pool that holds the lock, and only for the attempt it
+# fetched (tokens are unique), may finish, fail or give back a job.
+_MANY_ATTEMPTS = "id = any(%(ids)s) and locked_by = %(pool)s and lock_token = any(%(tokens)s)"
+
+
+def _fenced(schema: Schema, change: LiteralString) -> sql.Composed:
+    """`change` (a delete or update of this pool's attempts; `{fence}` says which), then
+    the serial queues of the jobs it touched unlocked; returns the ids touched (the others
+    were taken from us)."""
+    return sql.SQL(
+        """with touched as ({change} returning id, queue_name),
+           queues as (update {s}.job_queues q set locked_by = null, locked_at = null
+                      from touched where q.queue_name = touched.queue_name
+                        and q.locked_by = %(pool)s)
+           select id from touched"""
+    ).format(
+        change=sql.SQL(change).format(s=schema.ident, fence=sql.SQL(_MANY_ATTEMPTS)),
+        s=schema.ident,
+    )
 
 
 async def fetch_jobs(
