@@ -346,3 +346,38 @@ def test_sigterm_stops_a_waiting_migrate_with_nothing_half_done(
         assert not q(conn, s, "select 1 from {s}.migrations where id = 'app/0003'")
     finally:
         old.stop()
+
+
+def test_a_local_queue_runs_each_job_once_and_hands_back_the_unstarted_at_sigterm(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """Fetched ahead, a job is locked by the pool before a slot is free: the queue holds it.
+    At SIGTERM the running ones finish and the held ones go back unstarted, with the attempt
+    their fetch took returned, so another worker runs each exactly once."""
+    s = install(conn, schema_name)
+    ids = add_jobs(conn, [JobSpec("work", {"sleep": 0.2}) for _ in range(60)], s)
+    worker = WorkerProcess(
+        database_url, schema_name, V1, tmp_path, *FAST,
+        "--concurrency", "2", "--local-queue-size", "10",
+    )  # fmt: skip
+    try:
+        locked = "select count(*) from {s}.jobs where locked_by is not null"
+        wait_for(lambda: q(conn, schema_name, locked)[0][0] > 2, what="jobs held ahead")
+        wait_for(lambda: len(ledger(conn, schema_name)) >= 4, what="some jobs done")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == ExitCode.OK
+        first_runs = ledger(conn, schema_name)
+        assert q(conn, schema_name, locked) == [(0,)]
+        assert remaining(conn, schema_name) == len(ids) - len(first_runs)
+        # Not one attempt spent on a job that never started.
+        assert q(conn, schema_name, "select count(*) from {s}.jobs where attempts > 0") == [(0,)]
+        second = WorkerProcess(
+            database_url, schema_name, V1, tmp_path, *FAST, "--local-queue-size", "5"
+        )
+        wait_for(lambda: remaining(conn, schema_name) == 0, what="the rest done")
+        second.signal(signal.SIGTERM)
+        assert second.wait() == ExitCode.OK
+    finally:
+        worker.stop()
+    runs = ledger(conn, schema_name)
+    assert sorted(runs) == sorted(ids)  # nothing lost, nothing run twice

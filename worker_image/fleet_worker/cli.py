@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-version", default=_env("WORKER_VERSION"))
     run.add_argument("--concurrency", type=int, default=10)
     run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument(
+        "--local-queue-size",
+        type=int,
+        default=_env("LOCAL_QUEUE_SIZE", "0"),  # argparse applies `type` to a str default
+        help="jobs fetched ahead beyond the running ones (env LOCAL_QUEUE_SIZE; 0: off)",
+    )
     for flag, default in [
         ("--heartbeat-interval", "10s"),
         ("--sweep-interval", "30s"),
@@ -184,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "version": args.worker_version,
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
+        "local_queue_size": args.local_queue_size,
         "heartbeat_interval": args.heartbeat_interval,
         "sweep_interval": args.sweep_interval,
         "sweep_threshold": args.sweep_threshold,

@@ -11,6 +11,7 @@ running jobs before others could take them when heartbeats stop being recorded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -68,6 +69,9 @@ from fleet_worker.termination import write_termination_message
 log = logging.getLogger("fleet_worker")
 T = TypeVar("T")
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
+# A job fetched ahead waits at most this long for a slot; then the local queue goes back so
+# other pools can run it (slots held by long jobs).
+LOCAL_QUEUE_TTL_S = 60.0
 MAX_RECORD_FAILURES = 5  # the database refusing a record (not the connection) this often
 
 
@@ -148,6 +152,26 @@ class Maintenance:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
+class LazyConnection:
+    """An async connection opened on first use and dropped after an error, so that the next
+    use reconnects."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def get(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await connect_async(self._url, timeout=5)
+        return self._conn
+
+    async def drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings, app: App) -> None:
         self.settings = settings
@@ -177,8 +201,14 @@ class Worker:
         self._to_complete: list[Job] = []
         self._completing: list[Job] = []  # the batch whose completion is in flight
         self._abandoned: list[Job] = []  # cancelled for the lease; released once we can
+        # Fetched ahead, not started (settings.local_queue_size), with the time of the fetch.
+        self._local: collections.deque[tuple[float, Job]] = collections.deque()
+        self._unstarted: list[Job] = []  # taken out of the local queue; handed back once we can
         self._completions = asyncio.Event()
-        self._jobs_conn: psycopg.AsyncConnection | None = None
+        # Fetching and recording (completion, failure) on connections of their own: on one,
+        # each fetch waited for the last completion batch and the other way round.
+        self._fetch_conn = LazyConnection(self.url)
+        self._record_conn = LazyConnection(self.url)
         self._exit_watch_stop = threading.Event()
         self._signals = 0
         self.health = HealthServer(self, settings.health_host, settings.health_port)
@@ -241,8 +271,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.health.stop()
-            if self._jobs_conn is not None:
-                await self._jobs_conn.close()
+            await self._fetch_conn.drop()
+            await self._record_conn.drop()
             self.maintenance.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
         return self._exit()
@@ -453,17 +483,6 @@ class Worker:
 
     # -- the job loop ----------------------------------------------------------------------
 
-    async def _jobs(self) -> psycopg.AsyncConnection:
-        if self._jobs_conn is None or self._jobs_conn.closed:
-            self._jobs_conn = await connect_async(self.url, timeout=5)
-        return self._jobs_conn
-
-    async def _drop_jobs_conn(self) -> None:
-        if self._jobs_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._jobs_conn.close()
-        self._jobs_conn = None
-
     def _may_fetch(self) -> bool:
         # A heartbeat that hangs (no error, no answer) fences as surely as one that fails.
         return (
@@ -474,37 +493,64 @@ class Worker:
         )
 
     async def _fetch_loop(self) -> None:
+        """Fill free slots, from the local queue first; with a local queue, also fetch ahead
+        while every slot is busy, once it ran down to half. Jobs wait there only while this
+        pool may fetch: fenced, not active or stopping, they are handed back unstarted."""
         tasks = sorted(self.app.tasks)
-        batch_limit = self.settings.batch_size or self.settings.concurrency
+        ahead = self.settings.local_queue_size
+        batch_limit = self.settings.batch_size or (self.settings.concurrency + ahead)
+        more = True  # the last fetch filled its limit: fetching ahead may find more
         while not self._stop.is_set():
             if not self._may_fetch():
+                self._hand_back_local()
                 await self._sleep(self.settings.poll_interval)
                 continue
+            if self._local and self._local[0][0] < time.monotonic() - LOCAL_QUEUE_TTL_S:
+                self._hand_back_local()  # slots stayed busy: let other pools run them
             free = self.settings.concurrency - len(self.running)
-            if free <= 0:
+            while free > 0 and self._local:
+                self._start(self._local.popleft()[1])
+                free -= 1
+            room = free + ahead - len(self._local)
+            more = more or self._wake.is_set()  # a NOTIFY: new jobs
+            if free <= 0 and (room <= 0 or len(self._local) > ahead // 2 or not more):
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             self._wake.clear()
+            limit = min(room, batch_limit)
             try:
-                conn = await self._jobs()
+                conn = await self._fetch_conn.get()
                 jobs = await fetch_jobs(
-                    conn, self.sql, self._pool(), tasks, min(free, batch_limit),
+                    conn, self.sql, self._pool(), tasks, limit,
                     threshold_s=self.settings.sweep_threshold,
                 )  # fmt: skip
             except (psycopg.Error, DatabaseUnavailableError) as e:
                 log.warning("fetch failed, retrying: %s", str(e).strip().splitlines()[0])
-                await self._drop_jobs_conn()
+                await self._fetch_conn.drop()
                 await self._sleep(min(self.settings.poll_interval, 1.0))
                 continue
+            more = len(jobs) == limit
+            if not jobs and self._local:
+                continue  # nothing more to fetch for now; the local queue still has work
             if jobs:
                 self.counters.fetch_batches += 1
                 self.counters.fetched += len(jobs)
-                for job in jobs:
+                free = self.settings.concurrency - len(self.running)
+                for job in jobs[:free]:
                     self._start(job)
+                fetched_at = time.monotonic()
+                self._local.extend((fetched_at, job) for job in jobs[max(free, 0) :])
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    def _hand_back_local(self) -> None:
+        """The local queue's jobs will not start here: hand them back (with the attempt
+        their fetch took) at the next heartbeat, or in the exit transaction."""
+        if self._local:
+            self._unstarted += [job for _, job in self._local]
+            self._local.clear()
 
     def _start(self, job: Job) -> Running:
         run = Running(job, self._context(job))
@@ -569,6 +615,10 @@ class Worker:
         finally:
             self.running.pop(job.id, None)
             self._slot_free.set()
+            if self._local and self._may_fetch():
+                # The next held job takes the slot now, not when the fetch loop gets to it
+                # (it may be waiting on a fetch ahead).
+                self._start(self._local.popleft()[1])
 
     def _job_task_done(self, run: Running, task: asyncio.Task[None]) -> None:
         """A job task cancelled before it ever ran skips _run_job's own bookkeeping (its
@@ -606,7 +656,7 @@ class Worker:
                 return
             try:
                 ok = await fail_job(
-                    await self._jobs(), self.sql, self._pool(), job, error, delay,
+                    await self._record_conn.get(), self.sql, self._pool(), job, error, delay,
                     permanent=permanent,
                 )  # fmt: skip
                 self.counters.failed += 1
@@ -614,7 +664,7 @@ class Worker:
                     self.counters.completions_rejected += 1
                 return
             except _TRANSIENT:
-                await self._drop_jobs_conn()
+                await self._record_conn.drop()
                 await asyncio.sleep(min(0.1 * 2 ** min(attempt, 6), 5))
             except psycopg.Error as exc:
                 refusals += 1
@@ -634,10 +684,11 @@ class Worker:
                 batch, self._to_complete = self._to_complete, []
                 self._completing = batch
                 try:
-                    done = await complete_jobs(await self._jobs(), self.sql, self._pool(), batch)
+                    conn = await self._record_conn.get()
+                    done = await complete_jobs(conn, self.sql, self._pool(), batch)
                 except (psycopg.Error, DatabaseUnavailableError) as exc:
                     self._to_complete = batch + self._to_complete
-                    await self._drop_jobs_conn()
+                    await self._record_conn.drop()
                     if not isinstance(exc, _TRANSIENT):
                         refusals += 1
                         log.error("the database refused completions: %s", first_line(exc))
@@ -704,7 +755,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             sent = lease_clock()
-            abandoned = list(self._abandoned)
+            abandoned, unstarted = list(self._abandoned), list(self._unstarted)
             try:
                 beat, applied, released, error = await self.maintenance.run(
                     functools.partial(
@@ -712,6 +763,7 @@ class Worker:
                         pool_id=self._pool(),
                         running=len(self.running),
                         abandoned=abandoned,
+                        unstarted=unstarted,
                     )
                 )
                 self._after_beat(beat.state, beat.reason, sent)
@@ -719,6 +771,9 @@ class Worker:
                     # The beat landed (the lease is renewed); the rest is retried next beat.
                     log.warning("after the heartbeat: %s", first_line(error))
                     continue
+                if unstarted:
+                    gone = {j.id for j in unstarted}
+                    self._unstarted = [j for j in self._unstarted if j.id not in gone]
                 if abandoned:
                     gone = {j.id for j in abandoned}
                     self._abandoned = [j for j in self._abandoned if j.id not in gone]
@@ -735,14 +790,23 @@ class Worker:
                 log.warning("heartbeat failed (%.1fs without one): %s", silent, exc)
 
     def _beat_and_read(
-        self, conn: psycopg.Connection, *, pool_id: str, running: int, abandoned: list[Job]
+        self,
+        conn: psycopg.Connection,
+        *,
+        pool_id: str,
+        running: int,
+        abandoned: list[Job],
+        unstarted: list[Job],
     ) -> tuple[Heartbeat, list[AppliedMigration], int, psycopg.Error | None]:
         """One trip to the maintenance thread per beat: the beat, the schema it runs on, and
-        the jobs cancelled while cut off given back (fenced on their attempts). Once the
-        beat is in, a later error is returned, not raised: the lease was renewed."""
+        the jobs cancelled while cut off or never started given back (fenced on their
+        attempts). Once the beat is in, a later error is returned, not raised: the lease was
+        renewed."""
         beat = heartbeat(conn, self.schema, pool_id, running_jobs=running)
         released = 0
         try:
+            if unstarted and beat.state not in ("dead", "evicted", "stopped"):
+                conn.execute(self.sql.unfetch, attempt_params(unstarted, pool_id))
             if abandoned and beat.state not in ("dead", "evicted", "stopped"):
                 params = {**attempt_params(abandoned, pool_id), "error": "interrupted: its "
                           "worker lost the database and cancelled it before its lease ran "
@@ -882,10 +946,14 @@ class Worker:
         # Finished but not yet recorded (the jobs connection may be what failed): complete
         # them here first, fenced as always, so that releasing cannot hand them out again.
         finished = [*self._completing, *self._to_complete]
+        self._hand_back_local()
+        unstarted = list(self._unstarted)
 
         def finish(conn: psycopg.Connection) -> int:
             with conn.transaction():
                 self._complete_at_exit(conn, finished, pool_id)
+                if unstarted:  # before the release below, which would count their attempt
+                    conn.execute(self.sql.unfetch, attempt_params(unstarted, pool_id))
                 released = release_pool_jobs(
                     conn, self.schema, [pool_id], "interrupted: its worker shut down",
                     keep=still_running,

@@ -24,6 +24,9 @@ class WorkerSettings(BaseModel):
     version: str | None = None  # overrides the App's version (the operator passes spec.version)
     concurrency: int = Field(10, ge=1, le=1000)
     batch_size: int | None = Field(None, ge=1, le=1000)  # jobs per fetch; default: free slots
+    # Jobs fetched ahead and held beyond the running ones, so a slot that frees starts the
+    # next job without a round trip (0: off). See docs/worker.md#local-queue.
+    local_queue_size: int = Field(0, ge=0, le=10_000)
     heartbeat_interval: Seconds = 10.0
     sweep_interval: Seconds = 30.0
     sweep_threshold: Seconds = 60.0
