@@ -80,8 +80,14 @@ e2e-node: install node-prereqs node-bins
 e2e-kind: install
 	scripts/e2e-kind/run.sh $(PYTEST_ARGS)
 
+# fleet-worker beside Graphile Worker, pgqueuer and procrastinate (installed into a cache).
 bench: install
-	$(PY) -m bench.worker_throughput
+	$(PY) -m bench.compare $(BENCH_ARGS)
+
+# fleet-worker alone: batched against unbatched fetch, enqueue, SIGKILL-to-recovery time.
+.PHONY: bench-worker
+bench-worker: install
+	$(PY) -m bench.worker_throughput $(BENCH_ARGS)
 
 # The operator's cost against the number of fleets (1 to 1,000 at replicas 0).
 .PHONY: bench-operator
