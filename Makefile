@@ -84,6 +84,11 @@ e2e-kind: install
 bench: install
 	$(PY) -m bench.compare $(BENCH_ARGS)
 
+# Throughput as the queue grows: near-empty, 1,000,000 queued, 100,000 scheduled ahead.
+.PHONY: bench-scale
+bench-scale: install
+	$(PY) -m bench.scale $(BENCH_ARGS)
+
 # fleet-worker alone: batched against unbatched fetch, enqueue, SIGKILL-to-recovery time.
 .PHONY: bench-worker
 bench-worker: install
