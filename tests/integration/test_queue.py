@@ -15,6 +15,7 @@ from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
 from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
 from fleet_worker.queue import (
+    ANALYZE_BATCH_ROWS,
     InvalidJobError,
     Job,
     JobSpec,
@@ -330,3 +331,29 @@ def test_add_jobs_refuses_a_bad_spec_and_adds_none(
     with pytest.raises(InvalidJobError):
         add_jobs(conn, [JobSpec("a"), JobSpec("")], schema)
     assert q(conn, schema.name, "select count(*) from {s}.jobs") == [(0,)]
+
+
+def test_a_bulk_load_into_an_unanalysed_queue_analyses_it_once(
+    conn: psycopg.Connection, schema: Schema
+) -> None:
+    """Right after a bulk load into a table never analysed, the planner believes the queue
+    empty and fetches by reading and sorting every runnable row; the first large add_jobs()
+    analyses it, later ones (the planner scales from there) do not."""
+    stats = (
+        "select analyze_count from pg_stat_user_tables where schemaname = %s and relname = 'jobs'"
+    )
+    add_jobs(conn, [JobSpec("a") for _ in range(100)], schema)
+    assert conn.execute(stats, [schema.name]).fetchone() == (0,)
+    add_jobs(conn, [JobSpec("a") for _ in range(ANALYZE_BATCH_ROWS)], schema)
+    assert conn.execute(stats, [schema.name]).fetchone() == (1,)
+    add_jobs(conn, [JobSpec("a") for _ in range(ANALYZE_BATCH_ROWS)], schema)
+    assert conn.execute(stats, [schema.name]).fetchone() == (1,)
+    plan = "\n".join(
+        r[0]
+        for r in q(
+            conn, schema.name,
+            "explain select id from {s}.jobs where locked_by is null and attempts < max_attempts"
+            " and run_at <= now() order by priority, run_at, id limit 100",
+        )
+    )  # fmt: skip
+    assert "Bitmap" not in plan and "jobs_fetch_idx" in plan, plan
