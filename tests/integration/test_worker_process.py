@@ -44,6 +44,16 @@ def active_pools(conn: psycopg.Connection, schema: str) -> list[str]:
     return [p for p, st in pool_states(conn, schema).items() if st == "active"]
 
 
+def run_the_rest(
+    conn: psycopg.Connection, schema: str, url: str, tmp_path: Path, *args: str
+) -> None:
+    """A second worker runs what the first left, then stops cleanly."""
+    second = WorkerProcess(url, schema, V1, tmp_path, *FAST, *args)
+    wait_for(lambda: remaining(conn, schema) == 0, what="the rest done")
+    second.signal(signal.SIGTERM)
+    assert second.wait() == ExitCode.OK
+
+
 def test_sigkill_mid_job_the_job_runs_again_after_the_threshold(
     conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -88,10 +98,7 @@ def test_sigterm_finishes_running_jobs_and_loses_nothing(
         assert remaining(conn, schema_name) == len(ids) - len(first_runs)
         [(state, reason)] = q(conn, schema_name, "select state, reason from {s}.pools")
         assert state == "stopped" and "SIGTERM" in str(reason)
-        second = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
-        wait_for(lambda: remaining(conn, schema_name) == 0, what="the rest done")
-        second.signal(signal.SIGTERM)
-        assert second.wait() == ExitCode.OK
+        run_the_rest(conn, schema_name, database_url, tmp_path)
     finally:
         worker.stop()
     runs = ledger(conn, schema_name)
@@ -371,12 +378,7 @@ def test_a_local_queue_runs_each_job_once_and_hands_back_the_unstarted_at_sigter
         assert remaining(conn, schema_name) == len(ids) - len(first_runs)
         # Not one attempt spent on a job that never started.
         assert q(conn, schema_name, "select count(*) from {s}.jobs where attempts > 0") == [(0,)]
-        second = WorkerProcess(
-            database_url, schema_name, V1, tmp_path, *FAST, "--local-queue-size", "5"
-        )
-        wait_for(lambda: remaining(conn, schema_name) == 0, what="the rest done")
-        second.signal(signal.SIGTERM)
-        assert second.wait() == ExitCode.OK
+        run_the_rest(conn, schema_name, database_url, tmp_path, "--local-queue-size", "5")
     finally:
         worker.stop()
     runs = ledger(conn, schema_name)
