@@ -4,6 +4,7 @@ shutdown, fencing, external migration mode."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -370,6 +371,11 @@ def test_a_local_queue_runs_each_job_once_and_hands_back_the_unstarted_at_sigter
     try:
         locked = "select count(*) from {s}.jobs where locked_by is not null"
         wait_for(lambda: q(conn, schema_name, locked)[0][0] > 2, what="jobs held ahead")
+        port = wait_for(lambda: _health_port(worker), what="health port")
+        wait_for(
+            lambda: re.search(r"^fleet_worker_jobs_held [1-9]", _get(port, "/metrics")[1], re.M),
+            what="the held jobs in /metrics",
+        )
         wait_for(lambda: len(ledger(conn, schema_name)) >= 4, what="some jobs done")
         worker.signal(signal.SIGTERM)
         assert worker.wait() == ExitCode.OK

@@ -75,6 +75,8 @@ class HealthServer:
             f"fleet_worker_sweeps_total {c.sweeps}",
             "# TYPE fleet_worker_jobs_running gauge",
             f"fleet_worker_jobs_running {len(w.running)}",
+            "# TYPE fleet_worker_jobs_held gauge",  # fetched ahead, waiting for a slot
+            f"fleet_worker_jobs_held {len(w._local)}",
             "# TYPE fleet_worker_heartbeat_age_seconds gauge",
             f"fleet_worker_heartbeat_age_seconds {w.lease.silent_for(lease_clock()):.3f}",
             "# TYPE fleet_worker_pool_state gauge",
