@@ -23,16 +23,24 @@ from typing import Any
 
 import psycopg
 
-from bench.peers.harness import CpuSampler, PeerResult, percentile, postgres_cpu_sampler
-from bench.peers.harness import tree_cpu_seconds as tree_cpu_s
-from bench.worker_throughput import ROOT, count, database, fresh_schema, start_worker, stop
+from bench.peers.harness import (
+    CpuSampler,
+    PeerResult,
+    percentile,
+    postgres_cpu_sampler,
+)
+from bench.worker_throughput import (
+    ROOT,
+    count,
+    database,
+    drain_queue,
+    fresh_schema,
+    start_worker,
+    stop,
+)
 from fleet_worker.queue import JobSpec, add_job, add_jobs
 
 Figure = PeerResult  # one figure of any system, ours or a peer's
-
-
-def _cpu(sampler: CpuSampler | None) -> float:
-    return sampler() if sampler is not None else 0.0
 
 
 def ours_processing(
@@ -42,20 +50,9 @@ def ours_processing(
         schema = fresh_schema(conn)
         add_jobs(conn, [JobSpec("noop") for _ in range(jobs)], schema)
         conn.execute("vacuum analyze")  # every system starts from analysed tables
-        proc = start_worker(url, schema, *args)
-        try:
-            while count(conn, schema) == jobs:
-                time.sleep(0.005)
-            began, pg0, w0 = time.perf_counter(), _cpu(pg_cpu), tree_cpu_s(proc.pid)
-            while count(conn, schema) > 0:
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - began
-            worker_s, db_s = tree_cpu_s(proc.pid) - w0, _cpu(pg_cpu) - pg0
-        finally:
-            stop(proc)
-    per_10k = 10_000 / jobs
-    return Figure("fleet-worker", setting, "processing", jobs / elapsed, "jobs/s",
-                  worker_s * per_10k, db_s * per_10k if pg_cpu else None)  # fmt: skip
+    d = drain_queue(url, schema, jobs, *args, db_cpu=pg_cpu)
+    return Figure("fleet-worker", setting, "processing", d.jobs_per_s, "jobs/s",
+                  d.cpu_s_per_10k, d.db_cpu_s_per_10k)  # fmt: skip
 
 
 def ours_enqueue(url: str, jobs: int, single: int) -> list[Figure]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from bench.peers.harness import Command, CpuSampler, Drain, drain
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
@@ -48,26 +49,20 @@ def fresh_schema(conn: psycopg.Connection) -> Schema:
     return schema
 
 
+def worker_argv(schema: Schema, *args: str) -> list[str]:
+    """`fleet-worker run` of the benchmark's app (env: worker_env)."""
+    return [
+        sys.executable, "-m", "fleet_worker.cli", "--log-level", "WARNING", "run",
+        "--app", "bench.bench_app", "--schema", schema.name, "--health-port", "0", *args,
+    ]  # fmt: skip
+
+
+def worker_env(url: str) -> dict[str, str]:
+    return {"DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+
+
 def start_worker(url: str, schema: Schema, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleet_worker.cli",
-            "--log-level",
-            "WARNING",
-            "run",
-            "--app",
-            "bench.bench_app",
-            "--schema",
-            schema.name,
-            "--health-port",
-            "0",
-            *args,
-        ],
-        env=env,
-    )
+    return subprocess.Popen(worker_argv(schema, *args), env={**os.environ, **worker_env(url)})
 
 
 def count(conn: psycopg.Connection, schema: Schema) -> int:
@@ -81,23 +76,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(60)
 
 
+def drain_queue(
+    url: str, schema: Schema, jobs: int, *args: str, db_cpu: CpuSampler | None = None
+) -> Drain:
+    """One worker on `schema`'s `jobs` queued jobs, timed and costed as the peers are
+    (bench.peers.harness.drain)."""
+    command = Command(worker_argv(schema, *args), worker_env(url), ROOT)
+    pending = f'select count(*) from "{schema.name}".jobs'
+    return drain(command, url, pending, jobs, db_cpu)
+
+
 def processing_rate(url: str, jobs: int, *worker_args: str) -> float:
-    """No-op jobs per second through one worker process, queue pre-filled."""
+    """No-op jobs per second through one worker process, queue pre-filled (in batches of
+    1,000, not analysed: the planner sees what a fresh bulk load leaves it)."""
     with psycopg.connect(url, autocommit=True) as conn:
         schema = fresh_schema(conn)
         for start in range(0, jobs, 1000):
             add_jobs(conn, [JobSpec("noop") for _ in range(min(1000, jobs - start))], schema)
-        proc = start_worker(url, schema, "--concurrency", "50", *worker_args)
-        try:
-            while count(conn, schema) == jobs:
-                time.sleep(0.005)
-            began = time.perf_counter()
-            while count(conn, schema) > 0:
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - began
-        finally:
-            stop(proc)
-    return jobs / elapsed
+    return drain_queue(url, schema, jobs, "--concurrency", "50", *worker_args).jobs_per_s
 
 
 def enqueue_rates(url: str, jobs: int) -> tuple[float, float]:
