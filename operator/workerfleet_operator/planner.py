@@ -701,18 +701,25 @@ class _Planner:
                 DeletePod(victim.name, f"drain before {breaking.id}"), "WaitingForDrain", msg,
                 schema=waiting,
             )  # fmt: skip
+        # Pools in a live state that lack the migration: either live (a wait, then maybe an
+        # eviction) or silent (taken for ended). Both judgements need a trustworthy view;
+        # pools that recorded their own stop do not, so they never wait on probation.
+        outdated = [
+            p for p in self.obs.pools if p.state in LIVE_POOL_STATES and not p.knows(breaking.id)
+        ]
         left = self._probation_left()
-        if left > 0:
+        if left > 0 and outdated:
             msg = (
-                f"{breaking.id} waits {left:.0f}s more: the database was unreachable until "
-                f"{self.obs.database_ok_for_s:.0f}s ago, and pools are judged by their "
-                "silence only after one sweep threshold of successful reads"
+                f"{breaking.id} waits {left:.0f}s more: {len(outdated)} outdated pool(s) "
+                "are judged by their heartbeats only after one sweep threshold of "
+                f"error-free reads, and the operator has read the database without error "
+                f"for {self.obs.database_ok_for_s:.0f}s (since it started or last failed)"
             )
             return self.finish(
                 NoAction("on probation after a database outage"), "WaitingForDrain", msg,
                 schema=("False", "WaitingForDrain", msg),
             )  # fmt: skip
-        blockers = [p for p in self.obs.pools if p.live and not p.knows(breaking.id)]
+        blockers = [p for p in outdated if p.live]
         if not blockers:
             return self._migrate(self.pending[-1].id, breaking=True)
         return self._wait_or_evict(breaking, blockers)

@@ -228,3 +228,28 @@ def test_breaking_migration_declares_silent_outdated_pools_dead_and_activation_i
     assert q(conn, s.name, "select state from {s}.pools where pool_id = %s", [late]) == [
         ("starting",)
     ]
+
+
+def test_a_breaking_migration_after_old_pools_stopped_does_not_wait_out_probation(
+    conn: psycopg.Connection, schema_name: str, database_url: str, tmp_path: Path
+) -> None:
+    """A new worker is on probation for one threshold after its start, but the old pools'
+    own record of their stop is no silence to judge: with every outdated pool stopped, the
+    breaking migration runs at once, not a threshold (60 s here) later."""
+    url, s = database_url, schema_name
+    slow = [*FAST, "--sweep-threshold", "60s"]
+    v2 = WorkerProcess(url, s, V2, tmp_path, *slow)
+    v3: WorkerProcess | None = None
+    try:
+        wait_for(lambda: active_versions(conn, s) == ["2.0.0"], what="v2 active")
+        v2.signal(signal.SIGTERM)
+        assert v2.wait() == ExitCode.OK
+        started = time.monotonic()
+        v3 = WorkerProcess(url, s, V3, tmp_path, *slow)
+        wait_for(lambda: "app/0003" in applied(conn, s), timeout=20, what="app/0003 applied")
+        assert time.monotonic() - started < 20
+        wait_for(lambda: active_versions(conn, s) == ["3.0.0"], what="v3 active")
+    finally:
+        v2.stop()
+        if v3 is not None:
+            v3.stop()

@@ -559,6 +559,20 @@ def test_after_a_database_outage_silence_is_not_taken_for_a_drain() -> None:
     assert not isinstance(late.action, EvictOutdated)
 
 
+def test_pools_that_stopped_themselves_need_no_probation() -> None:
+    """Right after the operator starts (or reads again), an outdated pool that recorded its
+    own stop is a fact, not silence: the breaking migration runs at once. bench-rollout
+    found every breaking rollout waiting a full sweep threshold after an operator start."""
+    new = [pod(f"new-{i}", NEW, ready=False) for i in range(3)]
+    new_pools = [pool(p.name, V3, state="waiting-for-schema", version="2") for p in new]
+    stopped = [pool(f"old-{i}", V2, state="stopped", live=False) for i in range(3)]
+    obs = Observation(
+        pods=tuple(new), pools=(*new_pools, *stopped), applied=V2, database_ok_for_s=5
+    )
+    step = run(spec(), obs)
+    assert isinstance(step.action, RunMigration) and step.action.breaking, step.status.message
+
+
 def test_a_migration_job_that_cannot_start_is_a_condition_not_a_wait() -> None:
     pods, pools = old_fleet()
     new = pod("new-0", NEW, ready=False)

@@ -438,13 +438,6 @@ class Worker:
             return
         breaking = state.first_breaking
         assert breaking is not None
-        if self.lease.on_probation(lease_clock()):
-            # Whether the pools it waits for are silent or the outage was ours, this pool
-            # cannot tell yet: no declaring dead, no eviction until it has beaten for one
-            # threshold without a failure.
-            log.debug("breaking migration %s: on probation, not judging others", breaking.id)
-            await self._sleep(self.settings.poll_interval)
-            return
         pool_id = self._pool()
         threshold = self.settings.sweep_threshold
 
@@ -452,6 +445,10 @@ class Worker:
             record_intent(conn, self.schema, pool_id, breaking.id)
             waited = waited_seconds(conn, self.schema, pool_id)
             # Judged on this thread, when the call runs: it may have waited behind another.
+            # On probation (one threshold after the start or a failed beat) this pool cannot
+            # tell an outdated pool's silence from its own outage: it declares none dead and
+            # evicts none, and any outdated pool in a live state blocks. Pools that recorded
+            # their own stop are facts, so the migration need not wait out the probation.
             judge = not self.lease.on_probation(lease_clock())
             force = judge and waited >= self.settings.max_migration_wait
             result = migrations.MigrationResult()
