@@ -119,6 +119,9 @@ def worker_args(name: str, spec: WorkerFleetSpec, namespace: str) -> list[str]:
         "--max-migration-wait-time", spec.max_migration_wait_time,
         "--graceful-shutdown-timeout", spec.graceful_shutdown_timeout,
         "--health-port", str(spec.health_port),
+        # Only when set: a new flag on every pod would change the revision of every fleet
+        # and roll all their pods when the operator is upgraded.
+        *(["--local-queue-size", str(spec.local_queue_size)] if spec.local_queue_size else []),
         *spec.args,
     ]  # fmt: skip
 

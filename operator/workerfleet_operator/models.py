@@ -121,6 +121,14 @@ class WorkerFleetSpec(Model):
     app: str = Field(pattern=APP_PATTERN, max_length=256, description="module[:attr] of the App")
     args: list[str] = Field(default_factory=list, description="extra `fleet-worker run` args")
     concurrency: int = Field(10, ge=1, le=1000, description="jobs at once per pod")
+    local_queue_size: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="jobs each pod fetches ahead and holds beyond the running ones, so a "
+        "freed slot starts the next job without a round trip (0: off; docs/worker.md, "
+        "Local queue)",
+    )
     heartbeat_interval: Duration = Field("10s", description="how often each pool heartbeats")
     sweep_interval: Duration = Field("30s", description="how often workers sweep dead pools")
     sweep_threshold: Duration = Field(

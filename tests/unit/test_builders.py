@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workerfleet_operator.builders import migration_job, worker_pod
+from workerfleet_operator.builders import migration_job, revision, worker_args, worker_pod
 from workerfleet_operator.models import WorkerFleetSpec
 
 TEMPLATE: dict[str, Any] = {
@@ -105,3 +105,14 @@ def test_numeric_quantities_become_strings() -> None:
     container = worker_pod("shop", "uid", s, "0123456789abcdef", "shop")["spec"]["containers"][0]
     assert container["resources"] == {"limits": {"cpu": "1", "memory": "64Mi"},
                                       "requests": {"cpu": "0.5"}}  # fmt: skip
+
+
+def test_the_local_queue_reaches_the_worker_only_when_set() -> None:
+    """Unset, the pods are what they were before the field existed, so an operator upgrade
+    does not change every fleet's revision and roll all their pods."""
+    default = spec()
+    assert "--local-queue-size" not in worker_args("shop", default, "ns")
+    args = worker_args("shop", spec(localQueueSize=500), "ns")
+    assert args[args.index("--local-queue-size") + 1] == "500"
+    assert revision("shop", spec(localQueueSize=0), "ns") == revision("shop", default, "ns")
+    assert revision("shop", spec(localQueueSize=500), "ns") != revision("shop", default, "ns")
