@@ -86,12 +86,22 @@ def drain_queue(
     return drain(command, url, pending, jobs, db_cpu)
 
 
-def processing_rate(url: str, jobs: int, *worker_args: str) -> float:
+def processing_rate(url: str, jobs: int, *worker_args: str, small: bool = False) -> float:
     """No-op jobs per second through one worker process, queue pre-filled (in batches of
-    1,000, not analysed: the planner sees what a fresh bulk load leaves it)."""
+    1,000, not analysed: the planner sees what a fresh bulk load leaves it). `small`: filled
+    by 100-job SQL enqueues with autovacuum off on the table, so it has no statistics at all,
+    as a new queue has until autovacuum's first analyze (a minute or more)."""
     with psycopg.connect(url, autocommit=True) as conn:
         schema = fresh_schema(conn)
+        if small:
+            conn.execute(schema.q("alter table {s}.jobs set (autovacuum_enabled = false)"))
         for start in range(0, jobs, 1000):
+            if small:
+                for _ in range(10):
+                    conn.execute(
+                        schema.q("select {s}.add_job('noop') from generate_series(1, 100)")
+                    )
+                continue
             add_jobs(conn, [JobSpec("noop") for _ in range(min(1000, jobs - start))], schema)
     return drain_queue(url, schema, jobs, "--concurrency", "50", *worker_args).jobs_per_s
 
@@ -156,6 +166,7 @@ def main() -> int:
     results: dict[str, Any] = {"jobs": args.jobs, "cpu_count": os.cpu_count()}
     with database() as url:
         results["process_batched_jobs_per_s"] = processing_rate(url, args.jobs)
+        results["process_unanalysed_jobs_per_s"] = processing_rate(url, args.jobs, small=True)
         results["process_unbatched_jobs_per_s"] = processing_rate(
             url, args.jobs // 4, "--batch-size", "1"
         )
@@ -176,6 +187,14 @@ def main() -> int:
             results["process_batched_jobs_per_s"],
             "batch size 1",
             results["process_unbatched_jobs_per_s"],
+            "jobs/s",
+        ),
+        (
+            "processing, no statistics yet",
+            "100-job enqueues",
+            results["process_unanalysed_jobs_per_s"],
+            "bulk load, analysed",
+            results["process_batched_jobs_per_s"],
             "jobs/s",
         ),
         (

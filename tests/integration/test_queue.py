@@ -16,6 +16,7 @@ from fleet_worker.migrate import migrate
 from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
 from fleet_worker.queue import (
     ANALYZE_BATCH_ROWS,
+    FETCH_SESSION,
     InvalidJobError,
     Job,
     JobSpec,
@@ -27,6 +28,7 @@ from fleet_worker.queue import (
     fetch_jobs,
 )
 from fleet_worker.recovery import sweep
+from fleet_worker.runtime import LazyConnection
 from tests.helpers import q
 
 pytestmark = pytest.mark.integration
@@ -357,3 +359,36 @@ def test_a_bulk_load_into_an_unanalysed_queue_analyses_it_once(
         )
     )  # fmt: skip
     assert "Bitmap" not in plan and "jobs_fetch_idx" in plan, plan
+
+
+def test_the_workers_fetch_walks_the_index_whatever_the_statistics(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
+    """A new table filled by small enqueues has no statistics until autovacuum's first
+    analyze: the planner takes it for nearly empty and fetches by a bitmap scan that reads and
+    sorts every runnable row. On the worker's fetch connection the plan walks the index."""
+    conn.execute(schema.q("alter table {s}.jobs set (autovacuum_enabled = false)"))
+    conn.execute(schema.q("select {s}.add_job('a') from generate_series(1, 20000)"))
+    assert q(conn, schema.name, "select reltuples from pg_class where oid = '{s}.jobs'::regclass"
+             ) == [(-1.0,)]  # fmt: skip
+    pool = new_pool(conn, schema)
+    sql_ = QueueSQL(schema)
+    params = {"tasks": TASKS, "pool": pool, "limit": 500, "threshold": 60.0,
+              "tokens_seq": sql_.tokens_seq}  # fmt: skip
+
+    async def plan() -> str:
+        fetch_conn = LazyConnection(database_url, FETCH_SESSION)  # as the runtime opens it
+        try:
+            c = await fetch_conn.get()
+            async with c.transaction(force_rollback=True):
+                cur = await c.execute(
+                    psycopg.sql.SQL("explain (analyze, costs off, timing off) ") + sql_.fetch,
+                    params,
+                )
+                return "\n".join(str(r[0]) for r in await cur.fetchall())
+        finally:
+            await fetch_conn.drop()
+
+    text = asyncio.run(plan())
+    assert "Index Scan using jobs_fetch_idx" in text and "Bitmap" not in text, text
+    assert "Seq Scan" not in text, text

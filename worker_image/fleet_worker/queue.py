@@ -166,6 +166,18 @@ def _analyze_if_unknown(conn: psycopg.Connection, schema: Schema, added: int) ->
 ANALYZE_BATCH_ROWS = 1_000  # add_jobs() calls this large check the planner's statistics
 
 
+# The fetch connection's session: the fetch must walk jobs_fetch_idx in order and stop at
+# its limit, whatever the statistics say. With none yet (a new table filled by small
+# enqueues, before autovacuum's first analyze) or stale ones, the planner takes the queue
+# for nearly empty and reads every runnable row by a bitmap scan, then sorts them: 11 ms
+# instead of 4 ms for 500 of 20,000 here, and worse as the queue grows. Only alternatives
+# to the index are removed: on a well-analysed table the plan is the same.
+FETCH_SESSION: tuple[LiteralString, ...] = (
+    "set enable_bitmapscan = off",
+    "set enable_seqscan = off",
+)
+
+
 class QueueSQL:
     """The runtime's hot-path statements, composed once per schema."""
 

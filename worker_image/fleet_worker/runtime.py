@@ -22,10 +22,10 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 
@@ -54,6 +54,7 @@ from fleet_worker.pools import (
 )
 from fleet_worker.protocol import CORE_PROTOCOL
 from fleet_worker.queue import (
+    FETCH_SESSION,
     Job,
     QueueSQL,
     attempt_params,
@@ -154,15 +155,23 @@ class Maintenance:
 
 class LazyConnection:
     """An async connection opened on first use and dropped after an error, so that the next
-    use reconnects."""
+    use reconnects. `session` statements run on every new connection."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, session: Sequence[LiteralString] = ()) -> None:
         self._url = url
+        self._session = session
         self._conn: psycopg.AsyncConnection | None = None
 
     async def get(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await connect_async(self._url, timeout=5)
+            conn = await connect_async(self._url, timeout=5)
+            try:
+                for statement in self._session:
+                    await conn.execute(statement)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     async def drop(self) -> None:
@@ -207,7 +216,7 @@ class Worker:
         self._completions = asyncio.Event()
         # Fetching and recording (completion, failure) on connections of their own: on one,
         # each fetch waited for the last completion batch and the other way round.
-        self._fetch_conn = LazyConnection(self.url)
+        self._fetch_conn = LazyConnection(self.url, FETCH_SESSION)
         self._record_conn = LazyConnection(self.url)
         self._exit_watch_stop = threading.Event()
         self._signals = 0
