@@ -104,6 +104,12 @@ bench-worker: install
 bench-operator: install cluster-bins
 	$(PY) -m bench.operator_scale $(BENCH_ARGS)
 
+# An upgrade (safe, then breaking migration) under a steady stream: a Deployment of
+# self-migrating Graphile Worker pods beside a WorkerFleet; lost, twice, schema errors, gaps.
+.PHONY: bench-rollout
+bench-rollout: install cluster-bins
+	$(PY) -m bench.rollout $(BENCH_ARGS)
+
 # The process agent and the real node side by side: start, pod to Ready, rollouts, gaps.
 .PHONY: bench-node
 bench-node: install cluster-bins node-prereqs node-bins
