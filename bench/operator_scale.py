@@ -46,7 +46,7 @@ from localcluster.cluster import Cluster, create_namespace, install_crd
 from localcluster.kube import ApiError, Client
 from localcluster.procs import free_port
 from workerfleet_dev.postgres import LocalPostgres
-from workerfleet_operator.metrics import scrape
+from workerfleet_operator.metrics import PHASES, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "tests" / "apps"
@@ -76,23 +76,48 @@ def apiserver_requests(client: Client) -> float:
     )
 
 
+WRITES = ('verb="POST"', 'verb="PATCH"', 'verb="PUT"', 'verb="DELETE"')
+APISERVER_WRITES = "apiserver_write_seconds_bucket{"
+
+
+def apiserver_write_buckets(client: Client) -> dict[str, float]:
+    """The API server's own latency histogram of writes (every resource and verb that
+    writes), summed into one, keyed as `quantile` reads buckets."""
+    sums: dict[str, float] = {}
+    for line in client.get_text("/metrics").splitlines():
+        if line.startswith("apiserver_request_duration_seconds_bucket{") and any(
+            w in line for w in WRITES
+        ):
+            key, value = line.rsplit(" ", 1)
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            name = f'{APISERVER_WRITES}le="{le}"}}'
+            sums[name] = sums.get(name, 0.0) + float(value)
+    return sums
+
+
 def operator_metrics(port: int) -> dict[str, float]:
     return scrape(port)
 
 
-def _buckets(m: dict[str, float]) -> list[tuple[float, float]]:
+RECONCILE = "workerfleet_reconcile_seconds_bucket{"
+
+
+def _buckets(m: dict[str, float], prefix: str) -> list[tuple[float, float]]:
     out = []
     for key, value in m.items():
-        if key.startswith("workerfleet_reconcile_seconds_bucket"):
+        if key.startswith(prefix):
             le = key.split('le="', 1)[1].rstrip('"}')
             out.append((float("inf") if le == "+Inf" else float(le), value))
     return sorted(out)
 
 
-def quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
-    """The q-quantile of the reconciles between two scrapes, linear within a bucket."""
-    b0 = dict(_buckets(before))
-    deltas = [(le, n - b0.get(le, 0.0)) for le, n in _buckets(after)]
+def quantile(
+    before: dict[str, float], after: dict[str, float], q: float, prefix: str = RECONCILE
+) -> float | None:
+    """The q-quantile of the reconciles (or of one phase of them: `prefix`) between two
+    scrapes, linear within a bucket."""
+    b0 = dict(_buckets(before, prefix))
+    deltas = [(le, n - b0.get(le, 0.0)) for le, n in _buckets(after, prefix)]
     total = deltas[-1][1] if deltas else 0
     if total <= 0:
         return None
@@ -225,6 +250,13 @@ def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) ->
 
 
 ROLLING = 10
+PHASE = "workerfleet_reconcile_phase_seconds_bucket"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
 FAST = {"heartbeatInterval": "500ms", "sweepInterval": "1s", "sweepThreshold": "5s",
         "gracefulShutdownTimeout": "5s", "concurrency": 2}  # fmt: skip
 
@@ -267,6 +299,7 @@ def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> 
     try:
         _wait_all(client, ns, rolling, "1", 300)
         m0, t0 = operator_metrics(op.port), time.monotonic()
+        w0 = apiserver_write_buckets(client)
         for name in rolling:
             client.merge_patch(FLEETS.format(ns=ns) + f"/{name}", {"spec": {"version": "2"}})
         reactions, version = [], 10
@@ -277,6 +310,7 @@ def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> 
             reactions.append(react(client, ns, f"f{version % idle:04d}", str(version)))
             time.sleep(2)
         m1, elapsed = operator_metrics(op.port), time.monotonic() - t0
+        w1 = apiserver_write_buckets(client)
         p50, p99 = quantile(m0, m1, 0.5), quantile(m0, m1, 0.99)
         count = (
             m1["workerfleet_reconcile_seconds_count"] - m0["workerfleet_reconcile_seconds_count"]
@@ -288,6 +322,14 @@ def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> 
             "reconciles_per_s": round(count / elapsed, 2),
             "reconcile_p50_ms": None if p50 is None else round(p50 * 1000, 1),
             "reconcile_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            # Where the tail goes: each phase's own p99 (metrics.PHASES).
+            "phase_p99_ms": {
+                phase: _ms(quantile(m0, m1, 0.99, f'{PHASE}{{phase="{phase}",')) for phase in PHASES
+            },
+            # The API server's own time for every write in the window (all clients): what
+            # the operator's act and status phases wait on, measured on the server side.
+            "apiserver_write_p50_ms": _ms(quantile(w0, w1, 0.5, APISERVER_WRITES)),
+            "apiserver_write_p99_ms": _ms(quantile(w0, w1, 0.99, APISERVER_WRITES)),
             "idle_bumps": len(reactions),
             "reaction_s_median": round(statistics.median(reactions), 2) if reactions else None,
             "reaction_s_max": round(max(reactions), 2) if reactions else None,

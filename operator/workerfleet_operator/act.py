@@ -16,7 +16,7 @@ from fleet_worker.migrate import evict_outdated_pools
 from fleet_worker.pools import declare_dead
 from workerfleet_operator import builders
 from workerfleet_operator.cache import ChildCache
-from workerfleet_operator.events import EventRecorder
+from workerfleet_operator.events import EventSink
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases
 from workerfleet_operator.planner import (
@@ -52,7 +52,7 @@ class Fleet:
         batch: client.BatchV1Api,
         custom: client.CustomObjectsApi,
         dbs: Databases,
-        events: EventRecorder,
+        events: EventSink,
         children: ChildCache,
         url: str | None,
     ) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -30,6 +31,7 @@ class _Posted:
     last: float
 
 
+MAX_QUEUED = 1000  # client-go's broadcaster queue; beyond it, events are dropped
 MAX_MESSAGE_BYTES = 1024  # what the API server takes in an Event with eventTime set
 
 
@@ -42,6 +44,15 @@ def _fit(message: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EventSink(Protocol):
+    """Where the operator's Events go: posted at once (EventRecorder) or handed to a
+    thread that posts them (EventSender)."""
+
+    def post(
+        self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> None: ...
 
 
 class EventRecorder:
@@ -130,3 +141,55 @@ class EventRecorder:
             "reportingInstance": "workerfleet-operator",
             "count": 1,
         }
+
+
+class EventSender:
+    """Posts through a recorder on a thread of its own, in order, as client-go's recorder
+    does: a reconcile hands its Events over and goes on, instead of waiting for one or two
+    API round trips per Event (under load those were a fifth of a reconcile's p99). When
+    MAX_QUEUED are waiting (the API server is away), new ones are dropped with a warning:
+    Events are advice, the status is the record."""
+
+    def __init__(self, recorder: EventRecorder, max_queued: int = MAX_QUEUED) -> None:
+        self.recorder = recorder
+        self.dropped = 0
+        self._queue: queue.Queue[dict[str, str] | None] = queue.Queue(max_queued)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="events")
+        self._thread.start()
+
+    def post(
+        self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> None:
+        """Never blocks and never raises."""
+        event = {"namespace": namespace, "name": name, "uid": uid, "type_": type_,
+                 "reason": reason, "message": message}  # fmt: skip
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("event queue full, dropped %s on %s/%s", reason, namespace, name)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed over so far was posted (tests, shutdown)."""
+        with self._queue.all_tasks_done:
+            return self._queue.all_tasks_done.wait_for(
+                lambda: self._queue.unfinished_tasks == 0, timeout
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self.recorder.post(**event)
+            finally:
+                self._queue.task_done()

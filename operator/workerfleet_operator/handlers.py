@@ -28,6 +28,7 @@ from workerfleet_operator.act import drain_fleet
 from workerfleet_operator.builders import LABEL_FLEET
 from workerfleet_operator.cache import PRIME_EVERY_S
 from workerfleet_operator.dbwatch import DatabaseWatch
+from workerfleet_operator.events import EventSender
 from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
@@ -151,6 +152,8 @@ def cleanup(**_: Any) -> None:
     _reconcilers.shutdown(wait=False, cancel_futures=True)
     if _clients is not None:
         _clients.dbs.close()
+        if isinstance(_clients.events, EventSender):
+            _clients.events.close()  # what the last reconciles handed over
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)

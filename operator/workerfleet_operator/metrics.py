@@ -7,6 +7,37 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Where a reconcile's time goes: reading (cache, Secret, database), the planner, the action's
+# API calls, the Events it posts, the status write.
+PHASES = ("observe", "plan", "act", "events", "status")
+
+
+class Histogram:
+    """Cumulative buckets, sum and count; the caller holds the lock."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(BUCKETS)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.sum += seconds
+        self.count += 1
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+
+    def render(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        lines = [
+            f'{name}_bucket{{{labels}{sep}le="{bound}"}} {count}'
+            for bound, count in zip(BUCKETS, self.buckets, strict=True)
+        ]
+        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        suffix = f"{{{labels}}}" if labels else ""
+        lines.append(f"{name}_sum{suffix} {self.sum:.6f}")
+        lines.append(f"{name}_count{suffix} {self.count}")
+        return lines
 
 
 class Metrics:
@@ -14,19 +45,18 @@ class Metrics:
         self._lock = threading.Lock()
         self.reconciles: dict[str, int] = defaultdict(int)  # by outcome
         self.actions: dict[str, int] = defaultdict(int)  # by action type
-        self._latency_buckets = [0] * len(BUCKETS)
-        self._latency_sum = 0.0
-        self._latency_count = 0
+        self._latency = Histogram()
+        self._phases = {phase: Histogram() for phase in PHASES}
 
-    def observe_reconcile(self, seconds: float, outcome: str, action: str) -> None:
+    def observe_reconcile(
+        self, seconds: float, outcome: str, action: str, phases: dict[str, float] | None = None
+    ) -> None:
         with self._lock:
             self.reconciles[outcome] += 1
             self.actions[action] += 1
-            self._latency_sum += seconds
-            self._latency_count += 1
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    self._latency_buckets[i] += 1
+            self._latency.observe(seconds)
+            for phase, spent in (phases or {}).items():
+                self._phases[phase].observe(spent)
 
     def render(self) -> str:
         with self._lock:
@@ -41,11 +71,10 @@ class Metrics:
                 for k, v in sorted(self.actions.items())
             ]
             lines.append("# TYPE workerfleet_reconcile_seconds histogram")
-            for bound, count in zip(BUCKETS, self._latency_buckets, strict=True):
-                lines.append(f'workerfleet_reconcile_seconds_bucket{{le="{bound}"}} {count}')
-            lines.append(f'workerfleet_reconcile_seconds_bucket{{le="+Inf"}} {self._latency_count}')
-            lines.append(f"workerfleet_reconcile_seconds_sum {self._latency_sum:.6f}")
-            lines.append(f"workerfleet_reconcile_seconds_count {self._latency_count}")
+            lines += self._latency.render("workerfleet_reconcile_seconds")
+            lines.append("# TYPE workerfleet_reconcile_phase_seconds histogram")
+            for phase, histogram in self._phases.items():
+                lines += histogram.render("workerfleet_reconcile_phase_seconds", f'phase="{phase}"')
         return "\n".join(lines) + "\n"
 
     def serve(self, host: str, port: int) -> ThreadingHTTPServer:

@@ -19,7 +19,7 @@ from workerfleet_operator import builders
 from workerfleet_operator.act import Fleet, RefusedError, act, post_event, write_status
 from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
 from workerfleet_operator.dbwatch import DatabaseWatch
-from workerfleet_operator.events import EventRecorder
+from workerfleet_operator.events import EventRecorder, EventSender, EventSink
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases, observe
@@ -44,7 +44,7 @@ class Clients:
     batch: client.BatchV1Api
     custom: client.CustomObjectsApi
     dbs: Databases
-    events: EventRecorder
+    events: EventSink
     children: ChildCache
     secrets: SecretCache
     # Whether this replica may act now (leader election); observing is always allowed.
@@ -65,8 +65,9 @@ class Clients:
         `children` from its watches."""
         api = client.ApiClient()
         core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        events = EventSender(EventRecorder(core))  # reconciles do not wait for Events
         return cls(
-            core, batch, client.CustomObjectsApi(api), Databases(), EventRecorder(core),
+            core, batch, client.CustomObjectsApi(api), Databases(), events,
             ChildCache(api_lister(core, batch), prime_every_s=prime_every_s),
             SecretCache(core, secret_ttl_s), is_leader or (lambda: True),
         )  # fmt: skip
@@ -166,6 +167,7 @@ def reconcile(
         METRICS.observe_reconcile(time.perf_counter() - started, "invalid", "NoAction")
         return None
     revision = builders.revision(name, spec, namespace)
+    laps = Laps()
     obs, url = observe(
         core=clients.core, children=clients.children, secrets=clients.secrets, dbs=clients.dbs,
         name=name, namespace=namespace, spec=spec, annotations=annotations,
@@ -175,16 +177,17 @@ def reconcile(
             (namespace, name), url, spec.schema_name, spec.seconds("sweep_threshold")
         )
     previous = previous_status(status_data)
+    laps.lap("observe")
     result = plan(
         name=name, spec=spec, generation=generation, revision=revision, obs=obs,
         now=now or datetime.now(UTC), previous=previous, namespace=namespace,
     )  # fmt: skip
+    laps.lap("plan")
     fleet = Fleet(
         name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
         core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs,
         events=clients.events, children=clients.children, url=url,
     )  # fmt: skip
-    outcome = "ok"
     status = result.status
     action_name = type(result.action).__name__
     if not clients.is_leader():
@@ -199,24 +202,60 @@ def reconcile(
             what=describe_action(result.action), why=why,
         )  # fmt: skip
 
+    outcome, why = _carry_out(fleet, result.action, clients)
+    if why is not None:
+        status = refused(why)
+    laps.lap("act")
+    for type_, reason, message in result.events:
+        post_event(fleet, type_, reason, message)
+    laps.lap("events")
+    # Unchanged status is not written again: at rest a fleet costs the API server nothing.
+    unchanged = _without_nulls(status.model_dump(by_alias=True, mode="json")) == _without_nulls(
+        status_data or {}
+    )
+    if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
+        write_status(fleet, status)
+    laps.lap("status")
+    METRICS.observe_reconcile(
+        time.perf_counter() - started, outcome, type(result.action).__name__, laps.phases
+    )
+    return result
+
+
+class Laps:
+    """Seconds spent in each phase of one reconcile (metrics.PHASES), lap by lap."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = now - self._mark
+        self._mark = now
+
+
+def _carry_out(fleet: Fleet, action: Action, clients: Clients) -> tuple[str, str | None]:
+    """Act and post the action's Event. Returns the outcome and, when the API server or the
+    client refused the request itself (retrying the same will not help), why."""
+    name, namespace, action_name = fleet.name, fleet.namespace, type(action).__name__
     try:
-        done = act(fleet, result.action)
+        done = act(fleet, action)
         if action_name != "NoAction":
             log.info("%s/%s: %s", namespace, name, done)
             post_event(fleet, "Normal", action_name, done)
+        return "ok", None
     except ApiException as exc:
-        outcome = "error"
         clients.children.invalidate(namespace, name)  # the server saw it otherwise: list again
         why = api_message(exc)
         log.warning("%s/%s: %s refused: %s", namespace, name, action_name, why)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (409, 429):
-            # The request itself is wrong (the template, a quota, a policy): retrying the
-            # same will not help, so the status says what the API server said.
-            status = refused(why)
+        # 4xx but conflict and throttling: the request itself is wrong (the template, a
+        # quota, a policy), so the status says what the API server said.
+        wrong = exc.status is not None and 400 <= exc.status < 500 and exc.status not in (409, 429)
+        return "error", why if wrong else None
     except (pydantic.ValidationError, RefusedError) as exc:
         # The Kubernetes client validates a body before sending it: refused all the same.
-        outcome = "error"
         why = (
             str(exc)
             if isinstance(exc, RefusedError)
@@ -226,18 +265,8 @@ def reconcile(
         )
         log.warning("%s/%s: %s refused by the client: %s", namespace, name, action_name, why)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
-        status = refused(why)
+        return "error", why
     except Exception as exc:
-        outcome = "error"
         log.exception("%s/%s: %s failed", namespace, name, action_name)
         post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {exc}")
-    for type_, reason, message in result.events:
-        post_event(fleet, type_, reason, message)
-    # Unchanged status is not written again: at rest a fleet costs the API server nothing.
-    unchanged = _without_nulls(status.model_dump(by_alias=True, mode="json")) == _without_nulls(
-        status_data or {}
-    )
-    if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
-        write_status(fleet, status)
-    METRICS.observe_reconcile(time.perf_counter() - started, outcome, type(result.action).__name__)
-    return result
+        return "error", None

@@ -213,6 +213,16 @@ class FleetEnv:
         ]
         return items
 
+    def reasons_once_posted(self, reason: str, timeout: float = 15) -> list[str]:
+        """The reasons of the fleet's Events once one with `reason` is there: the operator
+        posts Events from a thread of its own, just after the status that goes with them."""
+
+        def posted() -> list[str] | None:
+            reasons = [str(e["reason"]) for e in self.events()]
+            return reasons if reason in reasons else None
+
+        return wait_until(posted, timeout, f"a {reason} Event")
+
     def jobs(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.client.get(f"/apis/batch/v1/namespaces/{self.ns}/jobs")[
             "items"

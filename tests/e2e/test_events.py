@@ -8,19 +8,21 @@ from collections import Counter
 from kubernetes import client, config
 
 from tests.e2e.kind_backend import ClusterLike
-from workerfleet_operator.events import MAX_DISTINCT, EventRecorder
+from workerfleet_operator.events import MAX_DISTINCT, EventRecorder, EventSender
 
 
 def test_repeats_become_counts_and_similar_messages_fold(
     local_cluster: ClusterLike, kube_namespace: str
 ) -> None:
     api = config.new_client_from_config(str(local_cluster.kubeconfig))  # type: ignore[no-untyped-call]
-    recorder = EventRecorder(client.CoreV1Api(api))
+    recorder = EventSender(EventRecorder(client.CoreV1Api(api)))  # as the operator posts
     post = {"namespace": kube_namespace, "name": "shop", "uid": "u-1", "type_": "Warning"}
     for _ in range(30):
         recorder.post(**post, reason="MigrationFailed", message="Job shop-migrate failed")
     for left in range(20):
         recorder.post(**post, reason="Waiting", message=f"forced in {600 - left}s")
+    assert recorder.flush(30)
+    recorder.close()
     items = client.CoreV1Api(api).list_namespaced_event(kube_namespace).items
     objects = Counter(e.reason for e in items)
     counts: Counter[str] = Counter()
