@@ -33,6 +33,7 @@ from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import GROUP, PLURAL, VERSION
 from workerfleet_operator.planner import NoAction, Plan
+from workerfleet_operator.ratelimit import BURST, RATE_PER_S, Backoff, TokenBucket
 from workerfleet_operator.reconcile import Clients, reconcile
 
 # While something is in progress (a rollout, a migration, a drain, pods not ready), time
@@ -58,6 +59,8 @@ _reconcilers = ThreadPoolExecutor(
     thread_name_prefix="reconcile",
 )
 _triggers: dict[tuple[str, str], asyncio.Event] = {}
+_bucket = TokenBucket(RATE_PER_S, BURST)
+_backoff = Backoff()
 # Per fleet: the generation and annotations last acted on, so status writes do not trigger.
 _seen: dict[tuple[str, str], tuple[Any, ...]] = {}
 _clients: Clients | None = None
@@ -188,11 +191,19 @@ async def fleet_daemon(
                 annotations=dict(body.metadata.annotations),
                 status_data=dict(body.status),
             )
+            # The whole operator's pace (a wake of every fleet at once arrives steadily).
+            delay = _bucket.reserve(loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            failed = True
             try:
                 done = await loop.run_in_executor(_reconcilers, step)
-                wait = next_wait(done, body.spec.get("sweepThreshold"))
+                wait = next_wait(done.plan if done else None, body.spec.get("sweepThreshold"))
+                failed = done is not None and done.outcome == "error"
             except Exception:  # the loop must survive anything one reconcile meets
                 logger.exception("reconcile failed")
+            _backoff.record((namespace, name), failed=failed)
+            wait = _backoff.wait((namespace, name), wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(trigger.wait(), wait)
 
@@ -268,6 +279,7 @@ def drain_on_delete(
                        runtime.total_seconds())  # fmt: skip
     _triggers.pop((namespace, name), None)
     _seen.pop((namespace, name), None)
+    _backoff.forget((namespace, name))
     if _clients is not None:
         _clients.children.forget(namespace, name)
         if _clients.watch is not None:

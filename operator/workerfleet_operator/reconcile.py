@@ -73,6 +73,14 @@ class Clients:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one reconcile did: its plan, and whether carrying it out failed ("error")."""
+
+    plan: Plan
+    outcome: str
+
+
 def previous_status(raw: dict[str, Any] | None) -> WorkerFleetStatus:
     """The status we wrote last time; anything unreadable starts afresh rather than failing."""
     known = set(WorkerFleetStatus.model_fields) | {
@@ -152,8 +160,9 @@ def reconcile(
     annotations: dict[str, str],
     status_data: dict[str, Any] | None,
     now: datetime | None = None,
-) -> Plan | None:
-    """One step. Returns the plan it carried out (None when the spec itself is invalid)."""
+) -> Step | None:
+    """One step. Returns the plan it carried out and how that went (None when the spec
+    itself is invalid or this replica is not the leader)."""
     started = time.perf_counter()
     try:
         spec = WorkerFleetSpec.model_validate(spec_data)
@@ -219,7 +228,7 @@ def reconcile(
     METRICS.observe_reconcile(
         time.perf_counter() - started, outcome, type(result.action).__name__, laps.phases
     )
-    return result
+    return Step(result, outcome)
 
 
 class Laps:
