@@ -14,6 +14,7 @@ import datetime
 import functools
 import logging
 import os
+import random
 import socket
 import sys
 from collections.abc import Mapping
@@ -191,10 +192,13 @@ async def fleet_daemon(
                 annotations=dict(body.metadata.annotations),
                 status_data=dict(body.status),
             )
-            # The whole operator's pace (a wake of every fleet at once arrives steadily).
-            delay = _bucket.reserve(loop.time())
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if _backoff.failing((namespace, name)):
+                # A retry after a failure waits its turn in the operator-wide bucket, so many
+                # fleets failing at once (the API server away) come back at a steady rate.
+                # First attempts, changes and resyncs never wait here.
+                delay = _bucket.reserve(loop.time())
+                if delay > 0:
+                    await asyncio.sleep(delay)
             failed = True
             try:
                 done = await loop.run_in_executor(_reconcilers, step)
@@ -208,8 +212,10 @@ async def fleet_daemon(
             await asyncio.wait_for(trigger.wait(), wait)
 
 
-def next_wait(done: Plan | None, sweep_threshold: str | None) -> float:
-    """How long a fleet may wait for an event before it is looked at again."""
+def next_wait(done: Plan | None, sweep_threshold: str | None, jitter: float | None = None) -> float:
+    """How long a fleet may wait for an event before it is looked at again. At rest the
+    resync is shortened by up to 10 % at random (`jitter` in [0, 1)), never lengthened: fleets
+    created together would otherwise resync together forever, a herd every 30 s."""
     busy = done is not None and (
         not isinstance(done.action, NoAction) or done.status.phase not in AT_REST
     )
@@ -219,7 +225,8 @@ def next_wait(done: Plan | None, sweep_threshold: str | None) -> float:
         threshold = parse_duration(sweep_threshold) if sweep_threshold else RESYNC_S
     except ValueError:
         threshold = RESYNC_S
-    return max(INTERVAL_S, min(RESYNC_S, threshold))
+    spread = random.random() if jitter is None else jitter  # noqa: S311 - spreading timers
+    return max(INTERVAL_S, min(RESYNC_S, threshold) * (1 - 0.1 * spread))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

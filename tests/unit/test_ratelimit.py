@@ -54,3 +54,12 @@ def test_failures_back_off_exponentially_to_a_cap_and_success_resets() -> None:
     backoff.record(key, failed=False)
     assert backoff.wait(key, 2.0) == 2.0
     assert backoff.wait(("ns", "other"), 30.0) == 30.0
+
+
+def test_resyncs_are_spread_but_never_longer_than_the_threshold() -> None:
+    from workerfleet_operator.handlers import INTERVAL_S, RESYNC_S, next_wait
+
+    waits = [next_wait(None, "60s", jitter=j / 10) for j in range(10)]
+    assert max(waits) == RESYNC_S and min(waits) >= 0.9 * RESYNC_S and len(set(waits)) == 10
+    assert all(next_wait(None, "5s", jitter=j / 10) <= 5 for j in range(10))
+    assert next_wait(None, "1s", jitter=0.99) == INTERVAL_S  # never below the busy interval
