@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: install cluster-bins
+test: install cluster-bins gotools
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc
@@ -31,6 +31,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The real tools the e2e suite asks about a live fleet (kstatus-check: sigs.k8s.io/cli-utils'
+# kstatus), built from the Go module proxy into ~/.cache/workerfleet/gotools once.
+.PHONY: gotools
+gotools: install
+	$(PY) -m workerfleet_dev.gotools
 
 # etcd/kube-apiserver/kube-controller-manager: KUBEBUILDER_ASSETS, else the per-user cache,
 # else a build from the Go module proxy (minutes, once). No-op when cached.
@@ -69,7 +75,7 @@ images: install node-prereqs
 node-bins: cluster-bins
 	$(PY) -m localcluster bins --node
 
-e2e-node: install node-prereqs node-bins
+e2e-node: install node-prereqs node-bins gotools
 	@WORKERFLEET_E2E_BACKEND=node $(PY) -m pytest $(or $(E2E_PATHS),tests/e2e) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make e2e-node: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc

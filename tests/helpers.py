@@ -241,3 +241,17 @@ class TcpProxy:
         self._closed = True
         self.cut()
         self._listener.close()
+
+
+ARGOCD_HEALTH = Path(__file__).resolve().parents[1] / "deploy" / "argocd" / "health.lua"
+
+
+def argocd_health(obj: dict[str, Any]) -> dict[str, str]:
+    """What Argo CD's health check (deploy/argocd/health.lua) says about a WorkerFleet: the
+    script run as Argo CD runs it, with `obj` global, in Lua 5.1 (gopher-lua's dialect)."""
+    import lupa.lua51
+
+    lua = lupa.lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(ARGOCD_HEALTH.read_text())
+    return {str(k): str(v) for k, v in dict(result).items()}

@@ -288,9 +288,13 @@ def spec_schema() -> JSON:
 
 def status_schema() -> JSON:
     # The operator writes status whole; API-side defaults there would invent values the
-    # operator never observed (a "Pending" phase on a fleet it has not seen), so none.
+    # operator never observed (a "Pending" phase on a fleet it has not seen), so none but
+    # one truth: until the operator writes, it has observed generation 0. Without it a new
+    # fleet has no status.observedGeneration, and kstatus (Flux, cli-utils) then calls it
+    # Current before the operator has looked at it.
     status = model_schema(WorkerFleetStatus, keep_defaults=False)
     status.setdefault("description", "Observed state, written by the operator.")
+    status["default"] = {"observedGeneration": 0}
     return _order(status)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from fleet_worker.protocol import CORE_PROTOCOL
+from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.models import Condition, SchemaStatus, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import (
     EXIT_OUT_OF_DATE,
@@ -399,6 +400,9 @@ class _Planner:
         )
         put("MigrationsApplied", *(schema or self._schema_condition()))
         self.status.conditions = conditions
+        self.status = with_kstatus(
+            self.status, self.previous, generation=self.generation, now=iso(self.now)
+        )
         return Plan(action, self.status, self.events)
 
     def _progressing(self) -> tuple[str, str]:
@@ -887,4 +891,4 @@ def action_refused(
         )
 
     out.conditions = [refused(c) for c in out.conditions]
-    return out
+    return with_kstatus(out, previous, generation=generation, now=iso(now))

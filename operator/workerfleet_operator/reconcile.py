@@ -20,6 +20,7 @@ from workerfleet_operator.act import Fleet, RefusedError, act, post_event, write
 from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
 from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.events import EventRecorder, EventSender, EventSink
+from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases, observe
@@ -99,7 +100,7 @@ def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> Wor
     )
     message = f"invalid spec: {problems}"
     now = iso(datetime.now(UTC))
-    return WorkerFleetStatus(
+    status = WorkerFleetStatus(
         observed_generation=generation,
         phase="Failed",
         message=message,
@@ -115,6 +116,7 @@ def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> Wor
             for t in ("Ready", "Progressing")
         ],
     )
+    return with_kstatus(status, WorkerFleetStatus(), generation=generation, now=now)
 
 
 def api_message(exc: ApiException) -> str:

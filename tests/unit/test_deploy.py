@@ -77,7 +77,8 @@ def test_every_manifest_is_part_of_a_kustomization() -> None:
             target = (kustomization.parent / entry).resolve()
             included |= {target / "kustomization.yaml"} if target.is_dir() else {target}
     for path in _yaml_files():
-        if path.name != "kustomization.yaml":
+        # deploy/argocd patches Argo CD's own ConfigMap, in Argo CD's namespace: not ours.
+        if path.name != "kustomization.yaml" and DEPLOY / "argocd" not in path.parents:
             assert path.resolve() in included, f"{path} is in no kustomization"
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pydantic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,7 @@ from workerfleet_operator.planner import (
     migration_job_name,
     plan,
 )
+from workerfleet_operator.reconcile import invalid_spec_status
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 OLD, NEW = "rev-old", "rev-new"
@@ -186,6 +188,12 @@ def test_a_crash_looping_new_version_never_touches_old_pods() -> None:
     assert isinstance(p.action, NoAction)
     assert cond(p, "Progressing") == ("False", "ProgressDeadlineExceeded")
     assert cond(p, "Available") == ("True", "MinimumReplicasAvailable")
+    # kstatus: Failed, not InProgress (Reconciling is read first, so it must be False).
+    assert cond(p, "Stalled") == ("True", "ProgressDeadlineExceeded")
+    assert cond(p, "Reconciling") == ("False", "Stalled")
+    before_deadline = run(s, obs)
+    assert cond(before_deadline, "Reconciling") == ("True", before_deadline.status.phase)
+    assert cond(before_deadline, "Stalled")[0] == "False"
 
 
 def test_breaking_bump_drains_old_pods_before_migrating() -> None:
@@ -293,6 +301,8 @@ def test_a_failed_migration_job_stops_the_rollout() -> None:
     assert isinstance(p.action, NoAction) and p.status.phase == "Failed"
     assert cond(p, "MigrationsApplied") == ("False", "MigrationFailed")
     assert "BackoffLimitExceeded" in p.status.message
+    assert cond(p, "Stalled") == ("True", "MigrationFailed")
+    assert cond(p, "Reconciling")[0] == "False"
 
 
 def test_a_terminated_container_releases_its_pool_at_once() -> None:
@@ -503,7 +513,16 @@ def test_invariants(case: tuple[WorkerFleetSpec, Observation, WorkerFleetStatus,
             assert ready - 1 >= s.replicas - s.rollout.max_unavailable
     # Status is always complete and current.
     types = [c.type for c in p.status.conditions]
-    assert sorted(types) == ["Available", "MigrationsApplied", "Progressing", "Ready"]
+    assert sorted(types) == [
+        "Available", "MigrationsApplied", "Progressing", "Ready", "Reconciling", "Stalled"
+    ]  # fmt: skip
+    # kstatus: never both in progress and stalled; Ready is neither.
+    by_type = {c.type: c.status for c in p.status.conditions}
+    assert not (by_type["Reconciling"] == "True" and by_type["Stalled"] == "True")
+    if by_type["Ready"] == "True":
+        assert by_type["Reconciling"] == by_type["Stalled"] == "False"
+    elif p.status.phase != "Paused":
+        assert "True" in (by_type["Reconciling"], by_type["Stalled"]), p.status
     assert all(c.observed_generation == 2 for c in p.status.conditions)
     assert p.status.observed_generation == 2
 
@@ -639,6 +658,32 @@ def test_a_refused_action_is_said_in_the_api_servers_words() -> None:
     times = {c.type: c.last_transition_time for c in first.conditions}
     assert all(c.last_transition_time == times[c.type] for c in later.conditions
                if c.type in ("Ready", "Progressing"))  # fmt: skip
+
+
+def test_stalled_says_which_mistake_and_keeps_its_transition_time() -> None:
+    """Each mistake a human must fix is Stalled with its own reason: the Secret, a version
+    the database moved past, the API server refusing the template, an invalid spec."""
+    pods, pools = old_fleet()
+    secret = Observation(pods=tuple(pods), pools=(), applied=(), secret_error="Secret db gone")
+    p = run(spec(version="1"), secret)
+    assert cond(p, "Stalled") == ("True", "SecretError")
+    later = run(spec(version="1"), secret, previous=p.status, now=NOW + timedelta(minutes=5))
+    first = {c.type: c.last_transition_time for c in p.status.conditions}
+    assert all(c.last_transition_time == first[c.type] for c in later.status.conditions)
+    refused = action_refused(
+        run(spec(), Observation(pods=tuple(pods), pools=tuple(pools), applied=V1)).status,
+        WorkerFleetStatus(), generation=2, now=NOW, what="create a worker pod", why="bad env",
+    )  # fmt: skip
+    assert cond_of(refused, "Stalled") == ("True", "ActionRefused")
+    assert cond_of(refused, "Reconciling") == ("False", "Stalled")
+    try:
+        WorkerFleetSpec.model_validate({"version": "2"})
+    except pydantic.ValidationError as exc:
+        invalid = invalid_spec_status(3, exc)
+    assert cond_of(invalid, "Stalled") == ("True", "InvalidSpec")
+    # A database outage is not a mistake: it heals by itself, so it is still in progress.
+    outage = Observation(pods=tuple(pods), pools=(), applied=(), database_error="timeout")
+    assert cond(run(spec(version="1"), outage), "Reconciling")[0] == "True"
 
 
 def cond_of(status: WorkerFleetStatus, type_: str) -> tuple[str, str]:
