@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,100,200,1000")
     parser.add_argument("--window", type=float, default=30.0)
-    parser.add_argument("--load", action="store_true", help="also 10 rollouts among 200 idle")
+    parser.add_argument("--load", action="store_true", help="also 10 rollouts among idle ones")
+    parser.add_argument("--load-idle", type=int, default=200, help="idle fleets beside them")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "operator.json")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 from tests.e2e.operator_env import register_app_images
 
                 register_app_images(cluster, Path(tmp) / "apps")
-                load = measure_load(cluster, pg.url, Path(tmp))
+                load = measure_load(cluster, pg.url, Path(tmp), idle=args.load_idle)
                 print(json.dumps(load), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"idle": rows, "load": load}, indent=2))
