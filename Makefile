@@ -7,6 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test test-unit test-integration lint demo bench clean cluster-bins cluster-up cluster-down
 
+# List the targets with the comment above each (this text).
+.PHONY: help
+help:
+	@awk '/^\.PHONY/ {next} /^# / {c = (c ? c " " : "") substr($$0, 3); next} \
+	  /^[a-z][a-z0-9-]*:/ {split($$0, t, ":"); if (c) printf "  %-16s %s\n", t[1], c} {c = ""}' \
+	  $(firstword $(MAKEFILE_LIST))
+
+# The virtualenv with the project and its dev tools (again when pyproject.toml changes).
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -15,25 +23,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+# Every test: unit, integration (real PostgreSQL), e2e (real Kubernetes API, pods as
+# processes). pytest's exit 5 (nothing collected) is a broken suite, not a pass.
 test: install cluster-bins gotools
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
 	exit $$rc
 
+# Unit tests only (pure logic; seconds).
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Integration tests only (a real PostgreSQL).
 test-integration: install
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+# ruff, ruff format --check, mypy strict.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The real tools the e2e suite asks about a live fleet (kstatus-check: sigs.k8s.io/cli-utils'
-# kstatus), built from the Go module proxy into ~/.cache/workerfleet/gotools once.
+# The real tools the tests use (kstatus-check: sigs.k8s.io/cli-utils' kstatus; helm), built
+# from the Go module proxy into ~/.cache/workerfleet/gotools once (helm: a few minutes).
 .PHONY: gotools
 gotools: install
 	$(PY) -m workerfleet_dev.gotools
@@ -47,6 +59,7 @@ cluster-bins: install
 cluster-up: cluster-bins
 	$(PY) -m localcluster up $(if $(IMAGES),--images $(IMAGES))
 
+# Stop the background cluster.
 cluster-down: install
 	$(PY) -m localcluster down
 
@@ -55,9 +68,9 @@ cluster-down: install
 crds: install
 	$(PY) -m workerfleet_operator.crdgen
 	$(PY) -m workerfleet_operator.docgen
+	cp crds/workerfleet.yaml deploy/helm/workerfleet-operator/crds/workerfleet.yaml
 
-# The real node: kube-scheduler, a kubelet, containerd and runc from Debian, images built here
-# from the project's Dockerfiles. The same operator e2e suite as `make test` runs on it.
+# The real node's Debian packages (containerd, runc, CNI plugins, docker for image builds).
 .PHONY: node-prereqs node-bins e2e-node
 node-prereqs:
 	scripts/node-prereqs.sh
@@ -72,9 +85,11 @@ wheels: install
 images: install node-prereqs
 	$(PY) -m workerfleet_dev.images
 
+# kubelet and kube-scheduler for the real node, from the Go module proxy.
 node-bins: cluster-bins
 	$(PY) -m localcluster bins --node
 
+# The operator e2e suite on the real node (root on Debian; docs/realnode.md).
 e2e-node: install node-prereqs node-bins gotools
 	@WORKERFLEET_E2E_BACKEND=node $(PY) -m pytest $(or $(E2E_PATHS),tests/e2e) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make e2e-node: pytest collected no tests; failing" >&2; exit 1; fi; \
@@ -125,5 +140,6 @@ bench-node: install cluster-bins node-prereqs node-bins
 demo: install cluster-bins $(if $(findstring --real-node,$(DEMO_ARGS)),node-prereqs node-bins)
 	$(PY) -m workerfleet_demo.run $(DEMO_ARGS)
 
+# Remove the virtualenv and build outputs (caches in ~/.cache/workerfleet stay).
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

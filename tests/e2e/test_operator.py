@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
+import subprocess
 import time
 from collections import Counter
 from datetime import datetime
@@ -25,6 +26,7 @@ from tests.e2e.operator_env import (
 )
 from tests.helpers import Producer
 from workerfleet_dev.deploy import apply_deploy, operator_ready
+from workerfleet_dev.gotools import HELM, ensure
 from workerfleet_operator.metrics import PHASES
 
 pytestmark = pytest.mark.e2e
@@ -413,6 +415,25 @@ def test_a_missing_secret_is_a_condition_that_names_it(fleet: FleetEnv) -> None:
     assert fleet.pods() == []
 
 
+def roll_out_under_the_operator_pod(fleet: FleetEnv) -> None:
+    """Once the operator's pod is Ready: a fleet from nothing to 1, then to 2, with no action
+    refused (its RBAC is enough)."""
+    wait_until(lambda: operator_ready(fleet.client), 60, "operator pod ready")
+    fleet.apply("1", replicas=2)
+    fleet.wait_ready("1", timeout=120)
+    fleet.patch_spec(version="2")
+    fleet.wait_ready("2", timeout=120)
+    assert "ActionFailed" not in [e["reason"] for e in fleet.events()]
+
+
+def wait_operator_pod_gone(fleet: FleetEnv) -> None:
+    wait_until(
+        lambda: not fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"],
+        60,
+        "operator pod gone",
+    )
+
+
 @pytest.mark.parametrize("install", ["deploy", "deploy/namespaced"])
 def test_the_operator_from_deploy_runs_under_its_service_account(
     fleet: FleetEnv, operator: OperatorProcess, local_cluster: ClusterLike, install: str
@@ -427,27 +448,45 @@ def test_the_operator_from_deploy_runs_under_its_service_account(
     try:
         apply_deploy(fleet.client, install, watched=fleet.ns if "namespaced" in install else None)
 
-        wait_until(lambda: operator_ready(fleet.client), 60, "operator pod ready")
-        fleet.apply("1", replicas=2)
-        fleet.wait_ready("1", timeout=120)
-        fleet.patch_spec(version="2")
-        fleet.wait_ready("2", timeout=120)
-        assert "ActionFailed" not in [e["reason"] for e in fleet.events()]
+        roll_out_under_the_operator_pod(fleet)
     finally:
         with contextlib.suppress(ApiError):
             fleet.client.delete(deployment)
         stopping = time.monotonic()
-        wait_until(
-            lambda: not fleet.client.get("/api/v1/namespaces/workerfleet-system/pods")["items"],
-            60,
-            "operator pod gone",
-        )
+        wait_operator_pod_gone(fleet)
         stopped_s = time.monotonic() - stopping
         operator.start()
     print(f"\noperator pod stopped {stopped_s:.1f}s after its Deployment was deleted")
     # kopf is PID 1 in its container: it must act on SIGTERM, not wait for the SIGKILL at
     # the end of the 30 s grace period.
     assert stopped_s < 20
+
+
+def test_the_operator_installed_by_the_helm_chart_rolls_out_a_fleet(
+    fleet: FleetEnv, operator: OperatorProcess, local_cluster: ClusterLike
+) -> None:
+    """`helm install` of deploy/helm/workerfleet-operator (the real helm), confined to the
+    fleet's namespace: the operator runs as a pod under the chart's RBAC and rolls a fleet
+    from 1 to 2; `helm uninstall` removes it."""
+    register_operator_image(local_cluster)
+    operator.stop()
+    helm = [str(ensure(HELM)), "--kubeconfig", str(local_cluster.kubeconfig),
+            "--namespace", "workerfleet-system"]  # fmt: skip
+    chart = str(Path(__file__).resolve().parents[2] / "deploy" / "helm" / "workerfleet-operator")
+    try:
+        # --take-ownership: the kustomize install of the tests above left its RBAC objects
+        # in this cluster, as a user switching from `kubectl apply -k` to Helm would have.
+        subprocess.run(
+            [*helm, "install", "wfo", chart, "--create-namespace", "--take-ownership",
+             "--set", "rbac.scope=namespaced", "--set", f"rbac.watchNamespaces={{{fleet.ns}}}"],
+            check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        roll_out_under_the_operator_pod(fleet)
+    finally:
+        subprocess.run([*helm, "uninstall", "wfo", "--wait", "--timeout", "60s"],
+                       check=False, capture_output=True, timeout=120)  # fmt: skip
+        wait_operator_pod_gone(fleet)
+        operator.start()
 
 
 def test_deleting_a_fleet_drains_its_pods_and_loses_nothing(fleet: FleetEnv) -> None:

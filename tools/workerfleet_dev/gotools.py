@@ -1,12 +1,13 @@
-"""Small Go programs the tests run as the real tool a user would (kstatus today), built from
-the Go module proxy into the per-user cache, keyed by the pinned module version, once.
+"""The Go tools the tests run as the real tool a user would (kstatus, helm), built from the
+Go module proxy into the per-user cache, keyed by the pinned module version, once.
 
-    python -m workerfleet_dev.gotools kstatus-check   # prints the binary's path
+    python -m workerfleet_dev.gotools [kstatus-check] [helm]   # prints the binaries' paths
 
-Each tool is a `main.go` in this repository (tools/<name with underscores>/) and one pinned
-module; the go.mod is generated in the cache (never the repo), `go mod tidy` resolves the
-rest through the proxy, and the binary is renamed into place, so a half-built one is never
-found. The cache key is the module version and a hash of main.go. A file lock keeps two
+A tool is either a `main.go` in this repository (tools/<name with underscores>/) over one
+pinned module, or a command of one pinned module built as it is (helm's cmd/helm). The
+go.mod is generated in the cache (never the repo), `go mod tidy` resolves the rest through
+the proxy, and the binary is renamed into place, so a half-built one is never found. The
+cache key is the module version and a hash of the Go source. A file lock keeps two
 processes from building the same tool at once.
 """
 
@@ -30,14 +31,29 @@ class GoTool:
     name: str
     module: str  # the one module it pins
     version: str
+    # A command of that module built as it is (helm), instead of our own main.go.
+    package: str | None = None
+    ldflags: str = ""
 
     @property
-    def source(self) -> Path:
+    def source(self) -> Path | None:
+        if self.package is not None:
+            return None
         return ROOT / "tools" / self.name.replace("-", "_") / "main.go"
+
+    def main_text(self) -> str:
+        if self.source is not None:
+            return self.source.read_text()
+        # Keeps the command's module in go.mod through `go mod tidy` without compiling it.
+        return f'//go:build tools\n\npackage tools\n\nimport _ "{self.package}"\n'
 
 
 KSTATUS_CHECK = GoTool("kstatus-check", "sigs.k8s.io/cli-utils", "v0.37.2")
-TOOLS = {t.name: t for t in (KSTATUS_CHECK,)}
+HELM = GoTool(
+    "helm", "helm.sh/helm/v3", "v3.22.0", package="helm.sh/helm/v3/cmd/helm",
+    ldflags="-X helm.sh/helm/v3/internal/version.version=v3.22.0",  # what `helm version` says
+)  # fmt: skip
+TOOLS = {t.name: t for t in (KSTATUS_CHECK, HELM)}
 
 
 def cache_dir() -> Path:
@@ -48,7 +64,7 @@ def cache_dir() -> Path:
 def ensure(tool: GoTool) -> Path:
     """The tool's binary, built first if the cache lacks it (a minute or two, once)."""
     # Keyed by the pinned version and the source, so an edit of main.go rebuilds.
-    digest = hashlib.sha256(tool.source.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(tool.main_text().encode()).hexdigest()[:12]
     dest = cache_dir() / f"{tool.name}-{tool.version}-{digest}" / tool.name
     if os.access(dest, os.X_OK):
         return dest
@@ -62,12 +78,14 @@ def ensure(tool: GoTool) -> Path:
             f"module workerfleet.dev/{tool.name}\n\ngo 1.24\n\n"
             f"require {tool.module} {tool.version}\n"
         )
-        shutil.copyfile(tool.source, work / "main.go")
+        (work / ("main.go" if tool.package is None else "tools.go")).write_text(tool.main_text())
         print(f"gotools: building {tool.name} ({tool.module} {tool.version})", file=sys.stderr)
         _run([go, "mod", "tidy"], work, mod_mode=False)
         tmp = Path(tempfile.mkdtemp(prefix=f".{tool.name}-", dir=cache_dir()))
         try:
-            _run([go, "build", "-trimpath", "-o", str(tmp / tool.name), "."], work)
+            target = tool.package or "."
+            flags = ["-ldflags", tool.ldflags] if tool.ldflags else []
+            _run([go, "build", "-trimpath", *flags, "-o", str(tmp / tool.name), target], work)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / tool.name, dest)
         finally:
