@@ -38,11 +38,12 @@ test-unit: install
 test-integration: install
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-# ruff, ruff format --check, mypy strict.
+# ruff, ruff format --check, mypy strict, lint-imports (the layers in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The real tools the tests use (kstatus-check: sigs.k8s.io/cli-utils' kstatus; helm), built
 # from the Go module proxy into ~/.cache/workerfleet/gotools once (helm: a few minutes).

@@ -5,7 +5,7 @@ repeats a migration nor skips a step."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, assert_never
 
 import psycopg
 from kubernetes import client
@@ -69,16 +69,21 @@ class Fleet:
 
 
 def act(fleet: Fleet, action: Action) -> str:
-    """Carry out `action`; returns a one-line description for events and logs."""
-    if isinstance(action, NoAction):
-        return action.reason
-    if isinstance(action, CreatePod):
-        return _create_pod(fleet, action)
-    if isinstance(action, DeletePod | DeleteJob):
-        return _delete(fleet, action)
-    if isinstance(action, RunMigration):
-        return _run_migration(fleet, action)
-    return _database_action(fleet, action)
+    """Carry out `action`; returns a one-line description for events and logs. Every
+    action has its case: a new one the planner can return fails mypy here (assert_never)."""
+    match action:
+        case NoAction():
+            return action.reason
+        case CreatePod():
+            return _create_pod(fleet, action)
+        case DeletePod() | DeleteJob():
+            return _delete(fleet, action)
+        case RunMigration():
+            return _run_migration(fleet, action)
+        case ReleasePools() | EvictOutdated():
+            return _database_action(fleet, action)
+        case _:
+            assert_never(action)
 
 
 def _create_pod(fleet: Fleet, action: CreatePod) -> str:

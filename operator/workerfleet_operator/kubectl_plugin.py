@@ -24,6 +24,7 @@ from workerfleet_operator.observe import Databases, observe
 from workerfleet_operator.planner import (
     APPROVAL_ANNOTATION,
     Plan,
+    action_label,
     blocking_migrations,
     catalog_of,
     plan,
@@ -231,7 +232,7 @@ def cmd_plan(kube: Kube, args: argparse.Namespace) -> int:
         "catalog_known": catalog is not None,
         "refused": blocked,
         "pending": steps,
-        "next_action": type(next_step.action).__name__,
+        "next_action": action_label(next_step.action),
         "next_reason": next_step.status.message,
     }
     if args.json:

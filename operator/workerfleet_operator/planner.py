@@ -17,6 +17,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import assert_never
 
 from fleet_worker.protocol import CORE_PROTOCOL
 from workerfleet_operator.kstatus import with_kstatus
@@ -107,6 +108,29 @@ class EvictOutdated:
 
 
 Action = NoAction | CreatePod | DeletePod | DeleteJob | RunMigration | ReleasePools | EvictOutdated
+
+
+def action_label(action: Action) -> str:
+    """The action's name where users and dashboards see it: the Event reason, the
+    `workerfleet_actions_total{action}` label, the kubectl plugin's `next_action`. Spelled
+    out, so renaming a class cannot silently rename them; mypy checks every action has one."""
+    match action:
+        case NoAction():
+            return "NoAction"
+        case CreatePod():
+            return "CreatePod"
+        case DeletePod():
+            return "DeletePod"
+        case DeleteJob():
+            return "DeleteJob"
+        case RunMigration():
+            return "RunMigration"
+        case ReleasePools():
+            return "ReleasePools"
+        case EvictOutdated():
+            return "EvictOutdated"
+        case _:
+            assert_never(action)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 import pydantic
 from kubernetes import client
@@ -29,8 +29,12 @@ from workerfleet_operator.planner import (
     CreatePod,
     DeleteJob,
     DeletePod,
+    EvictOutdated,
+    NoAction,
     Plan,
+    ReleasePools,
     RunMigration,
+    action_label,
     action_refused,
     iso,
     plan,
@@ -147,8 +151,10 @@ def describe_action(action: Action) -> str:
             return f"create the migration Job up to {to}"
         case DeleteJob(name=job):
             return f"delete Job {job}"
+        case NoAction() | ReleasePools() | EvictOutdated():
+            return action_label(action)
         case _:
-            return type(action).__name__
+            assert_never(action)
 
 
 def reconcile(
@@ -200,7 +206,7 @@ def reconcile(
         events=clients.events, children=clients.children, url=url,
     )  # fmt: skip
     status = result.status
-    action_name = type(result.action).__name__
+    action_name = action_label(result.action)
     if not clients.is_leader():
         # Lost the lease while observing: the new leader acts; writing this plan's status
         # or acting on it now could undo or double what the leader does.
@@ -227,9 +233,7 @@ def reconcile(
     if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
         write_status(fleet, status)
     laps.lap("status")
-    METRICS.observe_reconcile(
-        time.perf_counter() - started, outcome, type(result.action).__name__, laps.phases
-    )
+    METRICS.observe_reconcile(time.perf_counter() - started, outcome, action_name, laps.phases)
     return Step(result, outcome)
 
 
@@ -249,7 +253,7 @@ class Laps:
 def _carry_out(fleet: Fleet, action: Action, clients: Clients) -> tuple[str, str | None]:
     """Act and post the action's Event. Returns the outcome and, when the API server or the
     client refused the request itself (retrying the same will not help), why."""
-    name, namespace, action_name = fleet.name, fleet.namespace, type(action).__name__
+    name, namespace, action_name = fleet.name, fleet.namespace, action_label(action)
     try:
         done = act(fleet, action)
         if action_name != "NoAction":

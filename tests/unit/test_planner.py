@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pydantic
 from hypothesis import given, settings
@@ -21,6 +21,7 @@ from workerfleet_operator.observation import (
     QueueInfo,
 )
 from workerfleet_operator.planner import (
+    Action,
     CreatePod,
     DeleteJob,
     DeletePod,
@@ -29,6 +30,7 @@ from workerfleet_operator.planner import (
     Plan,
     ReleasePools,
     RunMigration,
+    action_label,
     action_refused,
     migration_job_name,
     plan,
@@ -776,3 +778,18 @@ def test_scaling_to_zero_stops_a_broken_rollout() -> None:
     ):  # fmt: skip
         p = run(spec(replicas=0), Observation(pods=(broken,), pools=(), applied=V1))
         assert p.action == DeletePod("new-0", "scale down"), p.action
+
+
+def test_every_action_has_an_explicit_label_and_the_names_users_see_are_kept() -> None:
+    """Event reasons, the actions metric and the plugin's next_action come from
+    action_label, not from class names; these are the names dashboards already use."""
+    samples: list[Action] = [
+        NoAction("x"), CreatePod("x"), DeletePod("p", "x"), DeleteJob("j", "x"),
+        RunMigration("app/0002", False, "x"), ReleasePools(("a",), "x"),
+        EvictOutdated("app/0003", ("a",), "x"),
+    ]  # fmt: skip
+    assert {type(a) for a in samples} == set(get_args(Action))
+    assert [action_label(a) for a in samples] == [
+        "NoAction", "CreatePod", "DeletePod", "DeleteJob", "RunMigration", "ReleasePools",
+        "EvictOutdated",
+    ]  # fmt: skip
