@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.tables import side_by_side
 from localcluster.cluster import Cluster
 from localcluster.images import Image, ImageTable
 from localcluster.realnode.cluster import RealNodeCluster
@@ -127,11 +128,7 @@ def table(results: list[dict[str, Any]]) -> str:
         value = r.get(key)
         return "-" if value is None else str(value)
 
-    lines = ["| | " + " | ".join(r["backend"] for r in results) + " |"]
-    lines.append("|---" * (len(results) + 1) + "|")
-    for label, key in ROWS:
-        lines.append(f"| {label} | " + " | ".join(cell(r, key) for r in results) + " |")
-    return "\n".join(lines)
+    return side_by_side(results, "backend", ROWS, cell)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from bench.tables import one_row_each
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
@@ -359,10 +360,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             return f"{r['reaction_s_median']} / {r['reaction_s_max']}"
         return str(r[key])
 
-    lines = ["| " + " | ".join(label for label, _ in COLUMNS) + " |"]
-    lines.append("|---" * len(COLUMNS) + "|")
-    lines += ["| " + " | ".join(cell(r, k) for _, k in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
+    return one_row_each(rows, COLUMNS, cell)
 
 
 def main(argv: list[str] | None = None) -> int:

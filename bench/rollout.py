@@ -54,6 +54,7 @@ from bench.operator_scale import Operator
 from bench.peers import install
 from bench.peers.harness import fresh_database, run_command
 from bench.peers.peers import GraphileWorker
+from bench.tables import side_by_side
 from fleet_worker.db import Schema
 from fleet_worker.queue import JobSpec, add_job
 from localcluster.cluster import Cluster, create_namespace, install_crd
@@ -452,9 +453,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             return f"{r['rollout_safe_s']} / {r['rollout_breaking_s']}"
         return str(r[key])
 
-    lines = ["| | " + " | ".join(r["arm"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(cell(r, k) for r in rows) + " |" for label, k in COLUMNS]
-    return "\n".join(lines)
+    return side_by_side(rows, "arm", COLUMNS, cell)
 
 
 def main(argv: list[str] | None = None) -> int:
