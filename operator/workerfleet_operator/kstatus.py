@@ -15,7 +15,7 @@ action-refused and invalid-spec paths) have set those, so they can never disagre
 
 from __future__ import annotations
 
-from workerfleet_operator.models import Condition, WorkerFleetStatus
+from workerfleet_operator.models import Condition, WorkerFleetStatus, condition_now
 
 # Progressing or Ready False for one of these: no reconcile can fix it; the spec, the
 # Secret, the image or the database must change.
@@ -70,18 +70,10 @@ def with_kstatus(
     out = status
     out.conditions = [c for c in out.conditions if c.type not in ("Reconciling", "Stalled")]
     for type_, (value, reason, msg) in (("Reconciling", reconciling), ("Stalled", stall)):
-        before = _condition(previous, type_)
-        kept = before is not None and before.status == value
         out.conditions.append(
-            Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=msg,
-                observed_generation=generation,
-                last_transition_time=before.last_transition_time
-                if kept and before is not None
-                else now,
+            condition_now(
+                type_, value, reason, msg, previous=previous.conditions,
+                generation=generation, now=now,
             )
-        )
+        )  # fmt: skip
     return out

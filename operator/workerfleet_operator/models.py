@@ -230,6 +230,30 @@ class Condition(Model):
     last_transition_time: str
 
 
+def condition_now(
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    previous: list[Condition],
+    generation: int,
+    now: str,
+) -> Condition:
+    """A condition as written now: it keeps the previous lastTransitionTime while its status
+    stays the same (the Kubernetes convention), else the transition is `now`."""
+    before = next((c for c in previous if c.type == type_), None)
+    kept = before is not None and before.status == status
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=before.last_transition_time if kept and before else now,
+    )
+
+
 class SchemaStatus(Model):
     applied: list[str] = Field(default_factory=list)
     target: list[str] = Field(default_factory=list)

@@ -21,7 +21,13 @@ from typing import assert_never
 
 from fleet_worker.protocol import CORE_PROTOCOL
 from workerfleet_operator.kstatus import with_kstatus
-from workerfleet_operator.models import Condition, SchemaStatus, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.models import (
+    Condition,
+    SchemaStatus,
+    WorkerFleetSpec,
+    WorkerFleetStatus,
+    condition_now,
+)
 from workerfleet_operator.observation import (
     EXIT_OUT_OF_DATE,
     LIVE_POOL_STATES,
@@ -377,24 +383,15 @@ class _Planner:
         schema: tuple[str, str, str] | None = None,
     ) -> Plan:
         self.status.phase, self.status.message = phase, message
-        previous = {c.type: c for c in self.previous.conditions}
         conditions: list[Condition] = []
 
         def put(type_: str, status: str, reason: str, msg: str) -> None:
-            prev = previous.get(type_)
-            keep = prev is not None and prev.status == status
             conditions.append(
-                Condition(
-                    type=type_,
-                    status=status,  # type: ignore[arg-type,unused-ignore]
-                    reason=reason,
-                    message=msg,
-                    observed_generation=self.generation,
-                    last_transition_time=prev.last_transition_time
-                    if keep and prev is not None
-                    else iso(self.now),
+                condition_now(
+                    type_, status, reason, msg, previous=self.previous.conditions,
+                    generation=self.generation, now=iso(self.now),
                 )
-            )
+            )  # fmt: skip
 
         spec = self.spec
         if self.done:
@@ -900,19 +897,10 @@ def action_refused(
     def refused(c: Condition) -> Condition:
         if c.type not in ("Ready", "Progressing"):
             return c
-        before = next((p for p in previous.conditions if p.type == c.type), None)
-        changed = before is None or before.status != "False"
-        return c.model_copy(
-            update={
-                "status": "False",
-                "reason": "ActionRefused",
-                "message": message,
-                "observed_generation": generation,
-                "last_transition_time": iso(now)
-                if changed or before is None
-                else before.last_transition_time,
-            }
-        )
+        return condition_now(
+            c.type, "False", "ActionRefused", message, previous=previous.conditions,
+            generation=generation, now=iso(now),
+        )  # fmt: skip
 
     out.conditions = [refused(c) for c in out.conditions]
     return with_kstatus(out, previous, generation=generation, now=iso(now))
