@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -60,6 +59,7 @@ from fleet_worker.queue import JobSpec, add_job
 from localcluster.cluster import Cluster, create_namespace, install_crd
 from localcluster.images import Image
 from localcluster.kube import ApiError, Client
+from tests.helpers import wait_for
 from workerfleet_dev.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,14 +109,6 @@ def db_now(url: str) -> datetime:
         row = conn.execute("select clock_timestamp()").fetchone()
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
-
-
-def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout:.0f}s")
-        time.sleep(0.5)
 
 
 class Arm(ABC):
@@ -297,7 +289,7 @@ class WorkerFleetArm(Arm):
     def stop(self) -> None:
         with contextlib.suppress(ApiError):
             self.client.delete(self.path)
-            wait(lambda: not self._exists(), 120, "fleet deleted")
+            wait_for(lambda: not self._exists(), 120, 0.5, "fleet deleted")
         if self.operator is not None:
             self.operator.stop()
         super().stop()
@@ -340,7 +332,7 @@ class Producer:
 def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
     url = arm.url
     arm.deploy(1)
-    wait(lambda: arm.rolled_out(1), 300, f"{arm.name} at release 1")
+    wait_for(lambda: arm.rolled_out(1), 300, 0.5, f"{arm.name} at release 1")
     producer = Producer(arm, args.rate)
     stream_start = db_now(url)
     time.sleep(args.steady)
@@ -348,7 +340,7 @@ def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
     for release, kind in ((2, "safe"), (3, "breaking")):
         t0 = time.monotonic()
         arm.bump(release)
-        wait(partial(arm.rolled_out, release), 600, f"{arm.name} at release {release}")
+        wait_for(partial(arm.rolled_out, release), 600, 0.5, f"{arm.name} at release {release}")
         rollouts[kind] = round(time.monotonic() - t0, 1)
         time.sleep(args.steady)
     sent = producer.stop()
@@ -364,8 +356,8 @@ def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
             ).fetchall()
         return {int(r[0]) for r in rows}
 
-    with contextlib.suppress(TimeoutError):
-        wait(lambda: len(done()) >= len(sent), args.drain, f"{arm.name}: every job done")
+    with contextlib.suppress(AssertionError):  # what is not done by then is counted below
+        wait_for(lambda: len(done()) >= len(sent), args.drain, 0.5, f"{arm.name}: all done")
     with psycopg.connect(url, autocommit=True) as conn:
         runs = conn.execute(
             psycopg.sql.SQL("select n, outcome, at from {}.runs order by at").format(
