@@ -225,7 +225,8 @@ def test_a_migration_that_fails_is_a_clear_schema_error(
     with pytest.raises(MigrationError, match=r"migration app/0002 \(0002_typo\) failed: syntax"):
         migrate(conn, Schema(schema_name), Catalog.load(bad))
     applied = q(conn, schema_name, "select id from {s}.migrations order by seq")
-    assert applied == [("core/0001",), ("core/0002",), ("app/0001",)]  # nothing half-applied
+    # Nothing half-applied:
+    assert applied == [("core/0001",), ("core/0002",), ("core/0003",), ("app/0001",)]
 
 
 def test_a_malformed_url_never_shows_its_password() -> None:

@@ -72,7 +72,7 @@ def test_safe_then_breaking_rollout_loses_nothing(
         # v2's migration is safe: applied at once, v1 keeps running beside v2.
         v2 = start(V2)
         wait_for(lambda: active_versions(conn, s) == ["1.0.0", "2.0.0"], what="v1+v2 active")
-        assert applied(conn, s) == ["core/0001", "core/0002", "app/0001", "app/0002"]
+        assert applied(conn, s) == ["core/0001", "core/0002", "core/0003", "app/0001", "app/0002"]
         wait_for(lambda: ledger_versions(conn, s) >= {"1.0.0", "2.0.0"}, what="both working")
 
         # v3's migration is breaking: v3 records its intent and waits for v1 and v2 to go.

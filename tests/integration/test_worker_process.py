@@ -223,6 +223,7 @@ def test_external_mode_waits_not_ready_until_the_schema_arrives(
         assert [r[0] for r in q(conn, schema_name, "select id from {s}.migrations")] == [
             "core/0001",
             "core/0002",
+            "core/0003",
             "app/0001",
         ]
         install(conn, schema_name, "migrations_v2")  # what the operator's Job does
@@ -266,10 +267,12 @@ def test_a_database_outage_fences_the_worker_and_loses_nothing(tmp_path: Path) -
         with psycopg.connect(pg.url, autocommit=True) as conn:
             s = install(conn, "outage")
             make_spans(conn, "outage")
-            [job] = add_jobs(conn, [JobSpec("span_cooperative", {"s": 20})], s)
+            job, charge = add_jobs(
+                conn, [JobSpec("span_cooperative", {"s": 20}), JobSpec("charge", {"s": 20})], s
+            )
         worker = WorkerProcess(pg.url, "outage", V1, tmp_path, *FAST)
         with psycopg.connect(pg.url, autocommit=True) as conn:
-            wait_for(lambda: spans(conn, "outage"), what="job started")
+            wait_for(lambda: len(spans(conn, "outage")) == 2, what="jobs started")
             # The rerun need not take as long.
             q(conn, "outage", "update {s}.jobs set payload = %s::jsonb returning 1", ['{"s": 0.1}'])
         pg.stop_server()
@@ -277,17 +280,23 @@ def test_a_database_outage_fences_the_worker_and_loses_nothing(tmp_path: Path) -
         pg.start()
         wait_for(lambda: "heartbeat restored" in worker.log(), what="heartbeat restored")
         with psycopg.connect(pg.url, autocommit=True) as conn:
-            wait_for(lambda: remaining(conn, "outage") == 0, what="job completed")
+            wait_for(lambda: remaining(conn, "outage") == 1, what="job completed")
             # The job's execution was cut short while the database was away (so it could not
             # record its end: the same server was down), then ran again, once, to the end.
-            assert [(j, outcome) for j, _, outcome in spans(conn, "outage")] == [
-                (job, None),
+            # The charge, cut short too, is failed for good: its task says never twice.
+            assert sorted((j, outcome or "") for j, _, outcome in spans(conn, "outage")) == [
+                (job, ""),
                 (job, "done"),
+                (charge, ""),
             ]
+            [(attempts, max_attempts, error)] = q(
+                conn, "outage", "select attempts, max_attempts, last_error from {s}.jobs"
+            )
+            assert attempts == max_attempts and 'on_orphan="fail"' in str(error)
             assert active_pools(conn, "outage")
             [(dead,)] = q(conn, "outage", "select count(*) from {s}.pools where state = 'dead'")
             assert dead == 0
-        assert "cancelling 1 running job(s)" in worker.log()
+        assert "cancelling 2 running job(s)" in worker.log()
         worker.signal(signal.SIGTERM)
         assert worker.wait() == ExitCode.OK
     finally:

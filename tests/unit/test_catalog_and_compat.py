@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet_worker.app import App, OnOrphan
 from fleet_worker.catalog import Catalog, CatalogError, Migration, load_directory, parse_header
 from fleet_worker.compat import AppliedMigration, assess
 from fleet_worker.identifiers import InvalidIdentifierError, validate_schema_name
@@ -110,3 +111,17 @@ def test_backoff_grows_and_is_capped(attempts: int, base: float, cap: float) -> 
     d = backoff_seconds(attempts, base, cap)
     assert 0 < d <= cap
     assert backoff_seconds(attempts + 1, base, cap) >= d
+
+
+def test_an_unknown_orphan_policy_is_refused_with_the_choices() -> None:
+    app = App(name="t")
+    with pytest.raises(ValueError, match=r"on_orphan must be one of 'retry', 'fail', not 'twice'"):
+        app.task("charge", on_orphan="twice")
+
+
+def test_the_pool_records_only_the_tasks_that_fail_their_orphans() -> None:
+    app = App(name="t")
+    app.task("charge", on_orphan="fail")(lambda payload: None)
+    app.task("refund", on_orphan=OnOrphan.FAIL)(lambda payload: None)
+    app.task("email")(lambda payload: None)
+    assert app.orphan_fail_tasks() == ["charge", "refund"]

@@ -8,6 +8,7 @@ import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ class JobContext:
 TaskFn = Callable[..., Any]
 
 
+class OnOrphan(StrEnum):
+    """What becomes of an attempt that started but never reported an outcome: its worker
+    died, was evicted, lost its lease, or shut down before the attempt ended."""
+
+    RETRY = "retry"  # run it again (the default: tasks should be idempotent)
+    FAIL = "fail"  # fail the job permanently, kept for inspection: for work that must never
+    # run twice (charging a card) and cannot tell from outside whether the attempt got through
+
+
 class PermanentJobError(Exception):
     """Raise from a task when retrying cannot help; the job fails at once, kept inspectable."""
 
@@ -60,6 +70,7 @@ class Task:
     payload_model: type[pydantic.BaseModel] | None = None
     is_async: bool = False
     wants_context: bool = False
+    on_orphan: OnOrphan = OnOrphan.RETRY
 
     def prepare(self, payload: Any) -> Any:
         """Validate the payload. A malformed payload is a permanent failure: no retry."""
@@ -79,9 +90,19 @@ class App:
     tasks: dict[str, Task] = field(default_factory=dict)
 
     def task(
-        self, name: str | None = None, *, payload: type[pydantic.BaseModel] | None = None
+        self,
+        name: str | None = None,
+        *,
+        payload: type[pydantic.BaseModel] | None = None,
+        on_orphan: OnOrphan | str = OnOrphan.RETRY,
     ) -> Callable[[TaskFn], TaskFn]:
-        """Register `fn(payload)` or `fn(payload, ctx: JobContext)` under `name`."""
+        """Register `fn(payload)` or `fn(payload, ctx: JobContext)` under `name`.
+        `on_orphan` says what happens to an attempt whose worker went away mid-run."""
+        try:
+            policy = OnOrphan(on_orphan)
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in OnOrphan)
+            raise ValueError(f"on_orphan must be one of {choices}, not {on_orphan!r}") from None
 
         def register(fn: TaskFn) -> TaskFn:
             task_name = name or fn.__name__
@@ -96,6 +117,7 @@ class App:
                 payload_model=payload,
                 is_async=inspect.iscoroutinefunction(fn),
                 wants_context=params == 2,
+                on_orphan=policy,
             )
             return fn
 
@@ -103,6 +125,10 @@ class App:
 
     def catalog(self) -> Catalog:
         return Catalog.load(self.migrations)
+
+    def orphan_fail_tasks(self) -> list[str]:
+        """The tasks whose orphaned attempts fail rather than retry, as the pool records them."""
+        return sorted(t.name for t in self.tasks.values() if t.on_orphan is OnOrphan.FAIL)
 
 
 def task_args(task: Task, payload: Any, ctx: JobContext) -> tuple[Any, ...]:

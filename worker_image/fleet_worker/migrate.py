@@ -5,7 +5,7 @@ wait, by evicting those pools first)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -107,11 +107,18 @@ def _leased(conn: psycopg.Connection, schema: Schema) -> bool:
 
 
 def activate(
-    conn: psycopg.Connection, schema: Schema, catalog: Catalog, pool_id: str
+    conn: psycopg.Connection,
+    schema: Schema,
+    catalog: Catalog,
+    pool_id: str,
+    *,
+    orphan_fail_tasks: Sequence[str] = (),
 ) -> Assessment:
     """Turn a pool active only if the schema is compatible, atomically with respect to
     migrations: the shared lock waits out a migration in progress (whose row this pool would
-    not see yet), and a migration that starts later sees this pool active."""
+    not see yet), and a migration that starts later sees this pool active. The pool's orphan
+    policy is recorded in the same statement, so it is in place before the first fetch
+    (compatible means this release's core/0003 is applied)."""
     with conn.transaction():
         conn.execute(
             "select pg_advisory_xact_lock_shared(hashtext(%s))", [schema.lock_key("migrate")]
@@ -120,10 +127,11 @@ def activate(
         if state.compatible:
             conn.execute(
                 schema.q(
-                    """update {s}.pools set state = 'active', heartbeat_at = now(), reason = null
+                    """update {s}.pools set state = 'active', heartbeat_at = now(), reason = null,
+                           orphan_fail_tasks = %s
                        where pool_id = %s and state in ('starting', 'waiting-for-schema')"""
                 ),
-                [pool_id],
+                [list(orphan_fail_tasks), pool_id],
             )
     return state
 

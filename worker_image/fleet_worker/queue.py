@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from fleet_worker.db import Schema
+from fleet_worker.recovery import INTERRUPTED_ATTEMPT
 
 MAX_ERROR_LENGTH = 8000
 
@@ -243,13 +244,8 @@ class QueueSQL:
                where {fence}""",
         )
         # Give attempts back unrecorded (the worker cancelled them when its lease ran out):
-        # the attempt counts, as any interrupted one does.
-        self.release = _fenced(
-            schema,
-            """update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
-                   last_error = %(error)s, updated_at = now()
-               where {fence}""",
-        )
+        # they end as any interrupted attempt does, by their task's orphan policy.
+        self.release = _fenced(schema, "update {s}.jobs j set {interrupted} where {fence}")
 
 
 # Fenced on the attempt: only the pool that holds the lock, and only for the attempt it
@@ -268,7 +264,11 @@ def _fenced(schema: Schema, change: LiteralString) -> sql.Composed:
                         and q.locked_by = %(pool)s)
            select id from touched"""
     ).format(
-        change=sql.SQL(change).format(s=schema.ident, fence=sql.SQL(_MANY_ATTEMPTS)),
+        change=sql.SQL(change).format(
+            s=schema.ident,
+            fence=sql.SQL(_MANY_ATTEMPTS),
+            interrupted=sql.SQL(INTERRUPTED_ATTEMPT).format(s=schema.ident),
+        ),
         s=schema.ident,
     )
 

@@ -5,10 +5,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, LiteralString
 
 import psycopg
+from psycopg import sql
 
 from fleet_worker.db import LIVE_STATES, TERMINAL_STATES, Schema, lease_live, live_params
+
+# Whether job `j`'s interrupted attempt must not run again: the pool that ran it listed the
+# task as `on_orphan="fail"` when it turned active (core/0003). Read through to_jsonb, not
+# the column, so the statement also runs on a schema before core/0003 (an operator releasing
+# an older fleet's pools), where no pool lists any task.
+_FAILS_WHEN_ORPHANED = """j.task_identifier in (
+    select jsonb_array_elements_text(coalesce(to_jsonb(p) -> 'orphan_fail_tasks', '[]'))
+    from {s}.pools p where p.pool_id = j.locked_by)"""
+
+# Appended to the reason of an attempt its orphan policy failed (no quote in it: it is also
+# a SQL literal below).
+NOT_RETRIED: LiteralString = '; not retried: its task has on_orphan="fail"'
+
+# The end of an attempt that started and reported no outcome: retried at once, or failed
+# for good by the task's orphan policy. Either way the attempt counts, so a job that kills
+# its worker every time ends up permanently failed (inspectable) rather than looping.
+INTERRUPTED_ATTEMPT: LiteralString = (
+    """locked_by = null, locked_at = null, run_at = now(), updated_at = now(),
+    attempts = case when """
+    + _FAILS_WHEN_ORPHANED
+    + """ then j.max_attempts else j.attempts end,
+    last_error = case when """
+    + _FAILS_WHEN_ORPHANED
+    + " then %(reason)s || '"
+    + NOT_RETRIED
+    + "' else %(reason)s end"
+)
 
 
 def release_pool_jobs(
@@ -20,9 +49,8 @@ def release_pool_jobs(
     keep: Sequence[int] = (),
 ) -> int:
     """Unlock every job and queue held by these pools, except the jobs in `keep` (and their
-    queues). The interrupted attempt still counts, so a job that kills its worker every time
-    ends up permanently failed (inspectable) rather than looping forever. Returns the number
-    of jobs released."""
+    queues); each attempt ends as INTERRUPTED_ATTEMPT says. Returns the number of jobs
+    released (retried or failed)."""
     if not pool_ids:
         return 0
     params = {"pools": list(pool_ids), "keep": list(keep), "reason": reason}
@@ -36,10 +64,10 @@ def release_pool_jobs(
         params,
     )
     cur = conn.execute(
-        schema.q(
-            """update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
-                   last_error = %(reason)s, updated_at = now()
-               where locked_by = any(%(pools)s::uuid[]) and id <> all(%(keep)s::bigint[])"""
+        schema.q("update {s}.jobs j set ")
+        + schema.q(INTERRUPTED_ATTEMPT)
+        + schema.q(
+            " where j.locked_by = any(%(pools)s::uuid[]) and j.id <> all(%(keep)s::bigint[])"
         ),
         params,
     )
@@ -104,38 +132,18 @@ class OrphanReport:
 
 def unlock_orphans(conn: psycopg.Connection, schema: Schema, *, dry_run: bool) -> OrphanReport:
     """Release jobs and queues locked by anything that is not a live registered pool: the
-    one-time cleanup when adopting a database that older, pool-less workers used."""
-    live_pool = schema.q("select pool_id from {s}.pools where state = any(%s)")
+    one-time cleanup when adopting a database that older, pool-less workers used. Terminal
+    pools' attempts end by their orphan policy, as the sweep would end them."""
+    held: dict[str, list[tuple[Any, str]]] = {}
     with conn.transaction():
-        jobs_sql = (
-            schema.q("select id from {s}.jobs where locked_by is not null and locked_by not in (")
-            + live_pool
-            + schema.q(") order by id for update")
-        )
-        jobs = [r[0] for r in conn.execute(jobs_sql, [list(LIVE_STATES)]).fetchall()]
-        queues_sql = (
-            schema.q(
-                "select queue_name from {s}.job_queues where locked_by is not null "
-                "and locked_by not in ("
-            )
-            + live_pool
-            + schema.q(") order by queue_name for update")
-        )
-        queues = [r[0] for r in conn.execute(queues_sql, [list(LIVE_STATES)]).fetchall()]
+        for table, key in (("jobs", "id"), ("job_queues", "queue_name")):
+            query = sql.SQL(
+                "select {key}, locked_by::text from {s}.{table} where locked_by is not null "
+                "and locked_by not in (select pool_id from {s}.pools where state = any(%s)) "
+                "order by {key} for update"
+            ).format(key=sql.Identifier(key), s=schema.ident, table=sql.Identifier(table))
+            held[table] = [(r[0], r[1]) for r in conn.execute(query, [list(LIVE_STATES)])]
         if not dry_run:
-            conn.execute(
-                schema.q(
-                    """update {s}.jobs set locked_by = null, locked_at = null, run_at = now(),
-                           last_error = 'released by unlock-orphans', updated_at = now()
-                       where id = any(%s)"""
-                ),
-                [jobs],
-            )
-            conn.execute(
-                schema.q(
-                    "update {s}.job_queues set locked_by = null, locked_at = null "
-                    "where queue_name = any(%s)"
-                ),
-                [queues],
-            )
-    return OrphanReport(jobs, queues)
+            holders = sorted({pool for rows in held.values() for _, pool in rows})
+            release_pool_jobs(conn, schema, holders, "released by unlock-orphans")
+    return OrphanReport([r[0] for r in held["jobs"]], [r[0] for r in held["job_queues"]])

@@ -30,7 +30,15 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 
 from fleet_worker import migrate as migrations
-from fleet_worker.app import App, JobCancelled, JobContext, PermanentJobError, task_args
+from fleet_worker.app import (
+    App,
+    JobCancelled,
+    JobContext,
+    OnOrphan,
+    PermanentJobError,
+    Task,
+    task_args,
+)
 from fleet_worker.catalog import Catalog
 from fleet_worker.compat import AppliedMigration, Assessment, assess
 from fleet_worker.db import (
@@ -63,7 +71,7 @@ from fleet_worker.queue import (
     fail_job,
     fetch_jobs,
 )
-from fleet_worker.recovery import SweepResult, release_pool_jobs, sweep
+from fleet_worker.recovery import NOT_RETRIED, SweepResult, release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.termination import write_termination_message
 
@@ -181,12 +189,25 @@ class LazyConnection:
         self._conn = None
 
 
+def _failure(run: Running, task: Task, detail: str) -> tuple[str, bool]:
+    """How an attempt that raised is recorded: the error, and whether it is permanent. One
+    the worker had asked to stop that ended in an error rather than in the cancellation
+    (often its cleanup's, the database being away) is as unknown in its outcome as any
+    interrupted attempt: a task with `on_orphan="fail"` is not retried."""
+    if run.cancel_reason is not None and task.on_orphan is OnOrphan.FAIL:
+        return f"{detail} (after the worker asked it to stop: {run.cancel_reason})" + (
+            NOT_RETRIED
+        ), True
+    return detail, False
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings, app: App) -> None:
         self.settings = settings
         self.app = app
         self.schema = Schema(settings.schema_name)
         self.catalog: Catalog = app.catalog()
+        self.orphan_fail_tasks = app.orphan_fail_tasks()
         self.version = settings.version or app.version
         self.sql = QueueSQL(self.schema)
         self.url = settings.database_url.get_secret_value()
@@ -422,7 +443,9 @@ class Worker:
         pool_id = self._pool()
         sent = lease_clock()
         state = await self.maintenance.run(
-            lambda c: migrations.activate(c, self.schema, self.catalog, pool_id)
+            lambda c: migrations.activate(
+                c, self.schema, self.catalog, pool_id, orphan_fail_tasks=self.orphan_fail_tasks
+            )
         )
         self.assessment = state
         if state.compatible:
@@ -614,7 +637,8 @@ class Worker:
                 job.attempts,
                 detail,
             )
-            await self._fail(job, detail, permanent=False)
+            error, permanent = _failure(run, task, detail)
+            await self._fail(job, error, permanent=permanent)
         else:
             self._to_complete.append(job)
             self._completions.set()
@@ -814,7 +838,7 @@ class Worker:
             if unstarted and beat.state not in ("dead", "evicted", "stopped"):
                 conn.execute(self.sql.unfetch, attempt_params(unstarted, pool_id))
             if abandoned and beat.state not in ("dead", "evicted", "stopped"):
-                params = {**attempt_params(abandoned, pool_id), "error": "interrupted: its "
+                params = {**attempt_params(abandoned, pool_id), "reason": "interrupted: its "
                           "worker lost the database and cancelled it before its lease ran "
                           "out"}  # fmt: skip
                 released = len(conn.execute(self.sql.release, params).fetchall())

@@ -120,6 +120,13 @@ def build(version: str, migrations: str, widget_column: str) -> App:
         with span(ctx, "cooperative"):
             ctx.sleep(float(payload["s"]))  # raises JobCancelled when the worker asks
 
+    # Work that must never run twice: an attempt its worker did not see through is failed,
+    # not retried.
+    @app.task("charge", on_orphan="fail")
+    def charge(payload: dict[str, Any], ctx: JobContext) -> None:
+        with span(ctx, "charge"):
+            ctx.sleep(float(payload["s"]))
+
     @app.task("span_stubborn")
     def span_stubborn(payload: dict[str, Any], ctx: JobContext) -> None:
         span_start(ctx, "stubborn")
