@@ -1,7 +1,8 @@
-"""The Go tools the tests run as the real tool a user would (kstatus, helm), built from the
-Go module proxy into the per-user cache, keyed by the pinned module version, once.
+"""The Go tools the tests run as the real tool a user would (kstatus, helm, promtool),
+built from the Go module proxy into the per-user cache, keyed by the pinned module version,
+once.
 
-    python -m workerfleet_dev.gotools [kstatus-check] [helm]   # prints the binaries' paths
+    python -m workerfleet_dev.gotools [kstatus-check] [helm] [promtool]  # prints their paths
 
 A tool is either a `main.go` in this repository (tools/<name with underscores>/) over one
 pinned module, or a command of one pinned module built as it is (helm's cmd/helm). The
@@ -53,7 +54,11 @@ HELM = GoTool(
     "helm", "helm.sh/helm/v3", "v3.22.0", package="helm.sh/helm/v3/cmd/helm",
     ldflags="-X helm.sh/helm/v3/internal/version.version=v3.22.0",  # what `helm version` says
 )  # fmt: skip
-TOOLS = {t.name: t for t in (KSTATUS_CHECK, HELM)}
+PROMTOOL = GoTool(
+    "promtool", "github.com/prometheus/prometheus", "v0.316.0",
+    package="github.com/prometheus/prometheus/cmd/promtool",
+)  # fmt: skip
+TOOLS = {t.name: t for t in (KSTATUS_CHECK, HELM, PROMTOOL)}
 
 
 def cache_dir() -> Path:

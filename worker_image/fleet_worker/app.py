@@ -15,6 +15,8 @@ from typing import Any
 import pydantic
 
 from fleet_worker.catalog import Catalog
+from fleet_worker.cron import CronEntry, CronError
+from fleet_worker.durations import parse_duration
 
 
 class JobCancelled(BaseException):
@@ -88,6 +90,7 @@ class App:
     version: str = "0.0.0"
     migrations: Path | None = None
     tasks: dict[str, Task] = field(default_factory=dict)
+    crontab: list[CronEntry] = field(default_factory=list)
 
     def task(
         self,
@@ -123,6 +126,42 @@ class App:
 
         return register
 
+    def cron(
+        self,
+        schedule: str,
+        task: str,
+        *,
+        timezone: str,
+        name: str | None = None,
+        payload: object = None,
+        backfill: str | float = 0,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+    ) -> CronEntry:
+        """Enqueue `task` at every tick of `schedule` (`"*/15 * * * *"`, `"@daily"`) read on
+        the wall clock of `timezone` (required: an IANA name such as "UTC"). Exactly one job
+        per tick, whichever and however many workers run; `backfill` ("0s" up to "168h", e.g.
+        "1h") enqueues the ticks missed while no worker ran, that far back."""
+        entry = CronEntry.build(
+            schedule, task, name=name, timezone=timezone, backfill_s=parse_duration(backfill),
+            payload=payload, queue=queue, priority=priority, max_attempts=max_attempts,
+        )  # fmt: skip
+        if any(e.name == entry.name for e in self.crontab):
+            raise ValueError(f"cron entry {entry.name!r} defined twice; give one a name=")
+        self.crontab.append(entry)
+        return entry
+
+    def check(self) -> None:
+        """What can only be checked once the module is loaded: the crontab's tasks exist."""
+        for entry in self.crontab:
+            if entry.task not in self.tasks:
+                known = ", ".join(sorted(self.tasks)) or "none"
+                raise AppLoadError(
+                    f"cron entry {entry.name!r} enqueues task {entry.task!r}, which the app "
+                    f"does not define (tasks: {known})"
+                )
+
     def catalog(self) -> Catalog:
         return Catalog.load(self.migrations)
 
@@ -146,10 +185,13 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppLoadError(f"cannot import app module {module_name!r}: {exc}") from exc
+    except CronError as exc:  # a crontab line the module defines at import
+        raise AppLoadError(f"app module {module_name!r}: {exc}") from exc
     candidate = getattr(module, attr or "app", None)
     if not isinstance(candidate, App):
         raise AppLoadError(
             f"{spec!r} has no fleet_worker.App named {attr or 'app'!r}; "
             "define `app = App(name=..., version=...)` in the module"
         )
+    candidate.check()
     return candidate

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
@@ -51,6 +52,7 @@ from fleet_worker.db import (
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import HealthServer
 from fleet_worker.lease import Lease, lease_clock
+from fleet_worker.periodic import Enqueued, enqueue_due, seconds_to_next_check
 from fleet_worker.pools import (
     Heartbeat,
     PoolIdentity,
@@ -115,6 +117,7 @@ class Counters:
     heartbeats_failed: int = 0
     sweeps: int = 0
     pools_swept: int = 0
+    cron_enqueued: int = 0
 
 
 class Maintenance:
@@ -288,6 +291,8 @@ class Worker:
                         self._service(self._listen_loop(), "listen"),
                         self._service(self._complete_loop(), "complete"),
                     ]
+                    if self.app.crontab:
+                        background.append(self._service(self._cron_loop(), "cron"))
                     await self._fetch_loop()
             except Exception as exc:
                 log.exception("worker failed")
@@ -930,6 +935,34 @@ class Worker:
         if self.lease.on_probation(lease_clock()):
             return SweepResult(False, [], 0)
         return sweep(conn, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id)
+
+    async def _cron_loop(self) -> None:
+        """Periodic jobs (fleet_worker.periodic), checked at once (a restart's backfill), then
+        just after every minute, while this pool may take work."""
+        entries = self.app.crontab
+
+        def check(conn: psycopg.Connection) -> tuple[list[Enqueued], datetime]:
+            enqueued = enqueue_due(conn, self.schema, entries)
+            row = conn.execute("select clock_timestamp()").fetchone()
+            assert row is not None
+            return enqueued, row[0]
+
+        wait = 0.0
+        while not self._stop.is_set():
+            await self._sleep(wait)
+            if not self._may_fetch():
+                wait = 1.0
+                continue
+            try:
+                enqueued, db_now = await self.maintenance.run(check)
+            except (DatabaseUnavailableError, psycopg.Error) as exc:
+                log.warning("cron check skipped: %s", first_line(exc))
+                wait = 5.0
+                continue
+            for e in enqueued:
+                log.info("cron %s: enqueued job %d for %s", e.entry, e.job_id, e.tick.isoformat())
+            self.counters.cron_enqueued += len(enqueued)
+            wait = seconds_to_next_check(db_now)
 
     # -- shutdown --------------------------------------------------------------------------
 
