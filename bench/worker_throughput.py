@@ -167,6 +167,9 @@ def main() -> int:
     with database() as url:
         results["process_batched_jobs_per_s"] = processing_rate(url, args.jobs)
         results["process_unanalysed_jobs_per_s"] = processing_rate(url, args.jobs, small=True)
+        results["process_with_history_jobs_per_s"] = processing_rate(
+            url, args.jobs, "--keep-history", "1h"
+        )
         results["process_unbatched_jobs_per_s"] = processing_rate(
             url, args.jobs // 4, "--batch-size", "1"
         )
@@ -194,6 +197,14 @@ def main() -> int:
             "100-job enqueues",
             results["process_unanalysed_jobs_per_s"],
             "bulk load, analysed",
+            results["process_batched_jobs_per_s"],
+            "jobs/s",
+        ),
+        (
+            "processing, completed-job history",
+            "--keep-history 1h",
+            results["process_with_history_jobs_per_s"],
+            "no history (default)",
             results["process_batched_jobs_per_s"],
             "jobs/s",
         ),

@@ -122,6 +122,7 @@ def worker_args(name: str, spec: WorkerFleetSpec, namespace: str) -> list[str]:
         # Only when set: a new flag on every pod would change the revision of every fleet
         # and roll all their pods when the operator is upgraded.
         *(["--local-queue-size", str(spec.local_queue_size)] if spec.local_queue_size else []),
+        *(["--keep-history", spec.keep_history] if spec.keep_history else []),
         *spec.args,
     ]  # fmt: skip
 

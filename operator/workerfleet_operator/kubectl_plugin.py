@@ -1,4 +1,4 @@
-"""`kubectl workerfleet`: status, pause, resume, approve, rollback and plan for a fleet.
+"""`kubectl workerfleet`: status, pause, resume, approve, rollback, plan and jobs for a fleet.
 
 Exit codes, for scripts: 0 ok (for `status`: the fleet is Ready), 1 error (API, database),
 2 usage, 3 not ready yet (rolling out, migrating, paused), 4 failed or refused.
@@ -16,8 +16,11 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from fleet_worker import jobs_cli
+from fleet_worker.admin import AdminError
+from fleet_worker.db import DatabaseUnavailableError, Schema, connect
 from workerfleet_operator import builders
-from workerfleet_operator.cache import ChildCache, SecretCache, api_lister
+from workerfleet_operator.cache import ChildCache, SecretCache, api_lister, read_database_url
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observation import MigrationInfo, Observation
 from workerfleet_operator.observe import Databases, observe
@@ -257,6 +260,24 @@ def cmd_plan(kube: Kube, args: argparse.Namespace) -> int:
     return FAILED if blocked else OK
 
 
+def cmd_jobs(kube: Kube, args: argparse.Namespace) -> int:
+    """`fleet-worker jobs` against the fleet's database, found through its Secret (the
+    caller's own RBAC decides whether they may read it)."""
+    spec = WorkerFleetSpec.model_validate(kube.fleet(args.name)["spec"])
+    ref = spec.database.secret_ref
+    try:
+        url = read_database_url(kube.core, kube.namespace, ref.name, ref.key)
+    except LookupError as exc:
+        raise PluginError(str(exc)) from exc
+    try:
+        with connect(url) as conn:
+            return jobs_cli.run(conn, Schema(spec.schema_name), args)
+    except AdminError as exc:
+        raise PluginError(str(exc), USAGE) from exc
+    except DatabaseUnavailableError as exc:
+        raise PluginError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl workerfleet",
@@ -281,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("name")
     pl.add_argument("--version", default=None, help="plan for this version instead")
     pl.add_argument("--json", action="store_true")
+    jobs = sub.add_parser("jobs", help="the fleet's jobs: list, show, history, retry, ...")
+    jobs.add_argument("name")
+    jobs_cli.add_arguments(jobs)
     return parser
 
 
@@ -296,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_approve(kube, args)
         if args.command == "rollback":
             return cmd_rollback(kube, args)
+        if args.command == "jobs":
+            return cmd_jobs(kube, args)
         return cmd_plan(kube, args)
     except PluginError as exc:
         print(f"kubectl-workerfleet: {exc}", file=sys.stderr)

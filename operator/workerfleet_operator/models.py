@@ -145,6 +145,11 @@ class WorkerFleetSpec(Model):
     health_port: int = Field(
         8080, ge=1, le=65535, description="/healthz, /readyz and /metrics of each worker"
     )
+    keep_history: Duration | None = Field(
+        None,
+        description="record completed jobs (what ran, when, on which pod) and keep them this "
+        "long, e.g. 168h; unset: not recorded (docs/worker.md, Job history)",
+    )
     # A default for the whole block in the CRD (crdgen writes the nested defaults into it)
     # makes the API server fill in and CEL-check the rollout settings when users omit it,
     # so `kubectl get -o yaml` shows the effective values.

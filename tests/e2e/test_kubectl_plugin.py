@@ -83,3 +83,36 @@ def test_approve_a_breaking_migration_then_rollback_is_refused(fleet: FleetEnv) 
     assert fleet.get()["spec"]["version"] == "3"
     r = plugin(fleet, "status", "nope")
     assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_jobs_shows_what_ran_on_which_pod_and_retries_a_failed_job(fleet: FleetEnv) -> None:
+    fleet.apply("1", replicas=1, keepHistory="1h")
+    fleet.wait_ready("1")
+    done = [fleet.q("select (j).id from (select {s}.add_job('work') as j) x")[0][0] for _ in "ab"]
+    [(failing,)] = fleet.q(
+        "select (j).id from (select {s}.add_job('fail_after', '{{\"s\": 0}}'::jsonb, "
+        "max_attempts => 1) as j) x"
+    )
+    wait_until(lambda: fleet.q("select count(*) from {s}.job_list where state = 'failed'")
+               == [(1,)] and fleet.q("select count(*) from {s}.jobs") == [(1,)],
+               60, "two jobs done, one failed")  # fmt: skip
+    r = plugin(fleet, "jobs", "shop", "history", "--json")
+    assert r.returncode == 0, r.stderr
+    history = json.loads(r.stdout)
+    [pod] = [p["metadata"]["name"] for p in fleet.pods()]
+    assert sorted(h["id"] for h in history) == sorted(done) and {
+        h["pod_name"] for h in history
+    } == {pod}
+    r = plugin(fleet, "jobs", "shop", "list", "--state", "failed")
+    assert (
+        r.returncode == 0
+        and f"{failing:>8}  failed" in r.stdout
+        and "failed on purpose" in r.stdout
+    )
+    r = plugin(fleet, "jobs", "shop", "retry", str(failing))
+    assert r.returncode == 0 and f"retried 1 job(s): {failing}" in r.stdout
+    # It ran again and failed again (its one attempt back, used).
+    again = "select attempts, state from {s}.job_list where id = %s"
+    wait_until(lambda: fleet.q(again, [failing]) == [(1, "failed")], 60, "the retry ran")
+    r = plugin(fleet, "jobs", "shop", "show", "424242")
+    assert r.returncode == 2 and "no job 424242" in r.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from workerfleet_operator.builders import migration_job, revision, worker_args, worker_pod
 from workerfleet_operator.models import WorkerFleetSpec
 
@@ -107,12 +109,21 @@ def test_numeric_quantities_become_strings() -> None:
                                       "requests": {"cpu": "0.5"}}  # fmt: skip
 
 
-def test_the_local_queue_reaches_the_worker_only_when_set() -> None:
+@pytest.mark.parametrize(
+    ("field", "unset", "value", "flag"),
+    [
+        ("localQueueSize", 0, 500, "--local-queue-size"),
+        ("keepHistory", None, "168h", "--keep-history"),
+    ],
+)
+def test_an_optional_worker_setting_reaches_the_worker_only_when_set(
+    field: str, unset: object, value: object, flag: str
+) -> None:
     """Unset, the pods are what they were before the field existed, so an operator upgrade
     does not change every fleet's revision and roll all their pods."""
     default = spec()
-    assert "--local-queue-size" not in worker_args("shop", default, "ns")
-    args = worker_args("shop", spec(localQueueSize=500), "ns")
-    assert args[args.index("--local-queue-size") + 1] == "500"
-    assert revision("shop", spec(localQueueSize=0), "ns") == revision("shop", default, "ns")
-    assert revision("shop", spec(localQueueSize=500), "ns") != revision("shop", default, "ns")
+    assert flag not in worker_args("shop", default, "ns")
+    args = worker_args("shop", spec(**{field: value}), "ns")
+    assert args[args.index(flag) + 1] == str(value)
+    assert revision("shop", spec(**{field: unset}), "ns") == revision("shop", default, "ns")
+    assert revision("shop", spec(**{field: value}), "ns") != revision("shop", default, "ns")

@@ -236,7 +236,9 @@ def test_defaults_match_the_models(crd: dict[str, Any]) -> None:
         "database": {"secretRef": {"name": "db"}},
     }
     defaulted = apply_defaults(minimal, spec_schema)
-    expected = WorkerFleetSpec.model_validate(minimal).model_dump(by_alias=True, mode="json")
+    expected = WorkerFleetSpec.model_validate(minimal).model_dump(
+        by_alias=True, mode="json", exclude_none=True
+    )  # an unset optional field (keepHistory) is absent, not null
     # The API server defaults only what the schema says; pydantic also fills the optional
     # template fields, which the operator treats the same when absent.
     expected.pop("template")

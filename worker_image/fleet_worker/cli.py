@@ -16,10 +16,12 @@ from typing import Any, NoReturn
 
 import pydantic
 
+from fleet_worker import jobs_cli
+from fleet_worker.admin import AdminError
 from fleet_worker.app import App, AppLoadError, load_app
 from fleet_worker.catalog import Catalog, CatalogError
 from fleet_worker.db import DatabaseUnavailableError, Schema, connect
-from fleet_worker.durations import parse_duration
+from fleet_worker.durations import format_duration, parse_duration
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.identifiers import DEFAULT_SCHEMA, InvalidIdentifierError
 from fleet_worker.migrate import MigrationError, migrate, plan
@@ -88,6 +90,25 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+# `run`'s duration flags and the WorkerSettings fields they set; the defaults are the
+# settings' own, so the CLI, the settings and the docs cannot disagree.
+RUN_DURATIONS = {
+    "--heartbeat-interval": "heartbeat_interval",
+    "--sweep-interval": "sweep_interval",
+    "--sweep-threshold": "sweep_threshold",
+    "--max-migration-wait-time": "max_migration_wait",
+    "--graceful-shutdown-timeout": "graceful_shutdown_timeout",
+    "--poll-interval": "poll_interval",
+    "--retry-delay": "retry_delay",
+    "--retry-max-delay": "retry_max_delay",
+    "--keep-history": "keep_history",
+}
+
+
+def _default(field: str) -> Any:
+    return WorkerSettings.model_fields[field].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleet-worker", description=__doc__)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
@@ -104,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fleet", default=_env("FLEET_NAME", ""))
     run.add_argument("--worker-version", default=_env("WORKER_VERSION"))
-    run.add_argument("--concurrency", type=int, default=10)
+    run.add_argument("--concurrency", type=int, default=_default("concurrency"))
     run.add_argument("--batch-size", type=int, default=None)
     run.add_argument(
         "--local-queue-size",
@@ -112,17 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOCAL_QUEUE_SIZE", "0"),  # argparse applies `type` to a str default
         help="jobs fetched ahead beyond the running ones (env LOCAL_QUEUE_SIZE; 0: off)",
     )
-    for flag, default in [
-        ("--heartbeat-interval", "10s"),
-        ("--sweep-interval", "30s"),
-        ("--sweep-threshold", "60s"),
-        ("--max-migration-wait-time", "10m"),
-        ("--graceful-shutdown-timeout", "30s"),
-        ("--poll-interval", "2s"),
-        ("--retry-delay", "2s"),
-        ("--retry-max-delay", "1h"),
-    ]:
-        run.add_argument(flag, type=_duration, default=parse_duration(default))
+    for flag, name in RUN_DURATIONS.items():
+        default = _default(name)
+        run.add_argument(
+            flag, type=_duration, default=default, help=f"default {format_duration(default)}"
+        )
     run.add_argument("--health-host", default=None, help="default: $POD_IP or 127.0.0.1")
     run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8080") or 8080))
 
@@ -138,15 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument(
         "--force-after",
         type=_duration,
-        default=parse_duration("10m"),
+        default=_default("max_migration_wait"),
         help="evict live outdated pools after waiting this long (default 10m)",
     )
-    mig.add_argument("--sweep-threshold", type=_duration, default=60.0)
+    mig.add_argument("--sweep-threshold", type=_duration, default=_default("sweep_threshold"))
 
     st = sub.add_parser("status", help="schema, pools with liveness, queue counts")
     _common(st)
     st.add_argument("--json", action="store_true")
-    st.add_argument("--sweep-threshold", type=_duration, default=60.0)
+    st.add_argument("--sweep-threshold", type=_duration, default=_default("sweep_threshold"))
 
     orphan = sub.add_parser(
         "unlock-orphans",
@@ -155,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(orphan)
     orphan.add_argument("--dry-run", action="store_true")
+
+    jobs = sub.add_parser(
+        "jobs", help="list, inspect, retry, reschedule, cancel or fail jobs; unlock a pool's"
+    )
+    _common(jobs)
+    jobs_cli.add_arguments(jobs)
 
     add = sub.add_parser("add-job", help="enqueue a job")
     _common(add)
@@ -191,16 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
         "local_queue_size": args.local_queue_size,
-        "heartbeat_interval": args.heartbeat_interval,
-        "sweep_interval": args.sweep_interval,
-        "sweep_threshold": args.sweep_threshold,
-        "max_migration_wait": args.max_migration_wait_time,
-        "graceful_shutdown_timeout": args.graceful_shutdown_timeout,
-        "poll_interval": args.poll_interval,
-        "retry_delay": args.retry_delay,
-        "retry_max_delay": args.retry_max_delay,
         "health_port": args.health_port,
     }
+    for flag, name in RUN_DURATIONS.items():
+        values[name] = getattr(args, flag[2:].replace("-", "_"))
     if args.health_host:
         values["health_host"] = args.health_host
     settings = WorkerSettings(**values)
@@ -325,6 +340,11 @@ def cmd_add_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with connect(_database_url(args)) as conn:
+        return jobs_cli.run(conn, Schema(args.schema), args)
+
+
 def _print(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
     print(json.dumps(data, default=str, indent=2) if as_json else text(data))
 
@@ -335,6 +355,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "unlock-orphans": cmd_unlock_orphans,
     "add-job": cmd_add_job,
+    "jobs": cmd_jobs,
 }
 
 
@@ -350,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except Terminated as exc:
         return _fail(ExitCode.TERMINATED, f"stopped by {exc} before finishing; nothing half-done")
-    except (UsageError, InvalidIdentifierError, InvalidJobError, AppLoadError) as exc:
+    except (UsageError, InvalidIdentifierError, InvalidJobError, AppLoadError, AdminError) as exc:
         return _fail(ExitCode.USAGE, str(exc))
     except pydantic.ValidationError as exc:
         problems = "; ".join(

@@ -182,7 +182,7 @@ FETCH_SESSION: tuple[LiteralString, ...] = (
 class QueueSQL:
     """The runtime's hot-path statements, composed once per schema."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, *, history: bool = False) -> None:
         self.tokens_seq = f'"{schema.name}".lock_tokens'  # a validated identifier
         # One statement: pick runnable jobs (serial queues must be free), keep at most one per
         # queue, lock the chosen queues and jobs. The pool must still be active: a pool that
@@ -226,7 +226,13 @@ class QueueSQL:
         # it must not take work either, whatever it believes about itself.) The chosen ids
         # as an array: joined as a CTE, the planner expects few rows and past a few hundred
         # it scans the whole table (3.5 ms of a 15 ms fetch of 500 from 20,000 queued).
-        self.complete = _fenced(schema, "delete from {s}.jobs where {fence}")
+        # With a history window (core/0005), the completed attempt is recorded in the same
+        # statement that deletes it: no completion without its history row, nor the reverse.
+        self.complete = (
+            _fenced(schema, "delete from {s}.jobs where {fence}", also=_RECORD_HISTORY)
+            if history
+            else _fenced(schema, "delete from {s}.jobs where {fence}")
+        )
         self.fail = _fenced(
             schema,
             """update {s}.jobs set locked_by = null, locked_at = null, last_error = %(error)s,
@@ -253,17 +259,27 @@ class QueueSQL:
 _MANY_ATTEMPTS = "id = any(%(ids)s) and locked_by = %(pool)s and lock_token = any(%(tokens)s)"
 
 
-def _fenced(schema: Schema, change: LiteralString) -> sql.Composed:
+_RECORD_HISTORY = """history as (
+    insert into {s}.job_history (id, task_identifier, queue_name, payload, priority, attempts,
+                                 key, pool_id, created_at)
+    select id, task_identifier, queue_name, payload, priority, attempts, key, %(pool)s::uuid,
+           created_at
+    from touched),"""
+
+
+def _fenced(schema: Schema, change: LiteralString, *, also: LiteralString = "") -> sql.Composed:
     """`change` (a delete or update of this pool's attempts; `{fence}` says which), then
     the serial queues of the jobs it touched unlocked; returns the ids touched (the others
-    were taken from us)."""
+    were taken from us). `also`: one more statement over `touched` (the history)."""
     return sql.SQL(
-        """with touched as ({change} returning id, queue_name),
+        """with touched as ({change} returning {returning}), {also}
            queues as (update {s}.job_queues q set locked_by = null, locked_at = null
                       from touched where q.queue_name = touched.queue_name
                         and q.locked_by = %(pool)s)
            select id from touched"""
     ).format(
+        returning=sql.SQL("*" if also else "id, queue_name"),
+        also=sql.SQL(also).format(s=schema.ident),
         change=sql.SQL(change).format(
             s=schema.ident,
             fence=sql.SQL(_MANY_ATTEMPTS),

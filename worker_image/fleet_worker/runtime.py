@@ -17,6 +17,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import os
 import signal
 import threading
@@ -31,6 +32,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 
 from fleet_worker import migrate as migrations
+from fleet_worker import retention
 from fleet_worker.app import (
     App,
     JobCancelled,
@@ -212,7 +214,8 @@ class Worker:
         self.catalog: Catalog = app.catalog()
         self.orphan_fail_tasks = app.orphan_fail_tasks()
         self.version = settings.version or app.version
-        self.sql = QueueSQL(self.schema)
+        self.sql = QueueSQL(self.schema, history=settings.keep_history > 0)
+        self._pruned_at = -math.inf  # lease_clock() of the last history prune
         self.url = settings.database_url.get_secret_value()
         self.maintenance = Maintenance(self.url, timeout=max(2.0, settings.heartbeat_interval))
         self.threads = ThreadPoolExecutor(
@@ -922,12 +925,29 @@ class Worker:
             if result.ran:
                 self.counters.sweeps += 1
                 self.counters.pools_swept += len(result.dead_pools)
+                await self._prune_history()
             if result.dead_pools:
                 log.warning(
                     "swept dead pool(s) %s; released %d job(s)",
                     ", ".join(result.dead_pools),
                     result.released_jobs,
                 )
+
+    async def _prune_history(self) -> None:
+        """fleet_worker.retention, after a sweep this pool led."""
+        keep = self.settings.keep_history
+        if keep <= 0 or lease_clock() - self._pruned_at < retention.INTERVAL_S:
+            return
+        self._pruned_at = lease_clock()
+        try:
+            pruned = await self.maintenance.run(
+                lambda c: retention.prune_history(c, self.schema, keep)
+            )
+        except (DatabaseUnavailableError, psycopg.Error) as exc:
+            log.warning("history prune skipped: %s", first_line(exc))
+            return
+        if pruned:
+            log.info("pruned %d job history row(s) older than %.0fs", pruned, keep)
 
     def _sweep_unless_on_probation(self, conn: psycopg.Connection) -> SweepResult:
         # Checked again here, on the maintenance thread: the call may have waited behind a

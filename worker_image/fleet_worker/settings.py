@@ -35,6 +35,9 @@ class WorkerSettings(BaseModel):
     poll_interval: Seconds = 2.0  # fallback when no NOTIFY arrives
     retry_delay: Seconds = 2.0  # back-off base: retry_delay * 2^(attempt-1)
     retry_max_delay: Seconds = 3600.0
+    # Completed jobs are recorded in job_history and kept this long (0: not recorded). See
+    # docs/worker.md#job-history.
+    keep_history: Seconds = 0.0
     health_host: str = Field(default_factory=lambda: os.environ.get("POD_IP") or "127.0.0.1")
     health_port: int = Field(8080, ge=0, le=65535)  # 0: pick a free port; -1 not allowed
 
