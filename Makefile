@@ -64,12 +64,14 @@ cluster-up: cluster-bins
 cluster-down: install
 	$(PY) -m localcluster down
 
-# Regenerate crds/ from the operator's pydantic models; a unit test fails when it is stale.
+# Regenerate crds/ from the operator's pydantic models, and the monitoring bundle's generated
+# files (deploy/monitoring); unit tests fail when either is stale.
 .PHONY: crds
 crds: install
 	$(PY) -m workerfleet_operator.crdgen
 	$(PY) -m workerfleet_operator.docgen
 	cp crds/workerfleet.yaml deploy/helm/workerfleet-operator/crds/workerfleet.yaml
+	$(PY) -m workerfleet_dev.monitoring
 
 # The real node's Debian packages (containerd, runc, CNI plugins, docker for image builds).
 .PHONY: node-prereqs node-bins e2e-node

@@ -12,6 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema
+from fleet_worker.migrate import migrate
+
 APPS_DIR = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS_DIR))
 
@@ -46,3 +50,11 @@ def schema_name(database_url: str) -> Iterator[str]:
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def schema(conn: psycopg.Connection, schema_name: str) -> Schema:
+    """A fresh schema with the core migrations applied (no app's)."""
+    s = Schema(schema_name)
+    migrate(conn, s, Catalog.load())
+    return s

@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,8 @@ from localcluster.kube import ApiError, Client
 from localcluster.procs import free_port
 from localcluster.realnode import network
 from localcluster.realnode.cluster import RealNodeCluster
-from workerfleet_demo.view import Snapshot, live_view
+from workerfleet_demo.progress import Phase, Run, Snapshot
+from workerfleet_demo.view import live_view
 from workerfleet_dev.deploy import apply_deploy, wait_operator_ready
 from workerfleet_dev.images import node_archive
 from workerfleet_dev.postgres import LocalPostgres
@@ -48,22 +48,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, FLEET, SCHEMA = "demo", "shop", "shop_queue"
 IMAGE = "workerfleet/demo-app"
 FLEET_PATH = f"/apis/workerfleet.dev/v1alpha1/namespaces/{NAMESPACE}/workerfleets/{FLEET}"
-
-
-@dataclass
-class Phase:
-    name: str
-    start: float
-    end: float | None = None
-
-
-@dataclass
-class Run:
-    started: float = field(default_factory=time.monotonic)
-    enqueued: list[int] = field(default_factory=list)
-    phases: list[Phase] = field(default_factory=list)
-    samples: list[tuple[float, int]] = field(default_factory=list)  # (t, completed)
-    latest: Snapshot | None = None
 
 
 def images(workdir: Path) -> ImageTable:

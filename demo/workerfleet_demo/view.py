@@ -6,70 +6,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from localcluster.kube import Client
-
-if TYPE_CHECKING:
-    from workerfleet_demo.run import Run
-
-
-@dataclass
-class Snapshot:
-    at: float
-    fleet: dict[str, Any]
-    pods: list[dict[str, Any]]
-    pools: list[tuple[Any, ...]]
-    applied: list[str]
-    completed: int
-    queued: int
-    rates: list[float] = field(default_factory=list)
-
-    @classmethod
-    def take(
-        cls, client: Client, conn: psycopg.Connection, ns: str, fleet: str, schema: str
-    ) -> Snapshot:
-        obj = client.get(f"/apis/workerfleet.dev/v1alpha1/namespaces/{ns}/workerfleets/{fleet}")
-        pods = client.get(f"/api/v1/namespaces/{ns}/pods")["items"]
-        s = sql.Identifier(schema)
-        try:
-            pools = conn.execute(
-                sql.SQL(
-                    "select pool_id::text, version, coalesce(pod_name, 'outside'), state, "
-                    "extract(epoch from now() - heartbeat_at)::float8, running_jobs "
-                    "from {}.pools where state in ('starting', 'waiting-for-schema', 'active', "
-                    "'draining') or stopped_at > now() - interval '20 seconds' order by started_at"
-                ).format(s)
-            ).fetchall()
-            applied = [
-                r[0]
-                for r in conn.execute(
-                    sql.SQL("select id from {}.migrations order by seq").format(s)
-                ).fetchall()
-            ]
-            completed = conn.execute(
-                sql.SQL("select count(*) from {}.demo_ledger").format(s)
-            ).fetchone()
-            queued = conn.execute(sql.SQL("select count(*) from {}.jobs").format(s)).fetchone()
-        except psycopg.errors.UndefinedTable:
-            return cls(time.monotonic(), obj, pods, [], [], 0, 0)
-        return cls(
-            time.monotonic(),
-            obj,
-            pods,
-            pools,
-            applied,
-            int(completed[0]) if completed else 0,
-            int(queued[0]) if queued else 0,
-        )
+from workerfleet_demo.progress import Run
 
 
 def _render(run: Run) -> Group:

@@ -287,6 +287,7 @@ def drain_on_delete(
     _triggers.pop((namespace, name), None)
     _seen.pop((namespace, name), None)
     _backoff.forget((namespace, name))
+    METRICS.forget_fleet(namespace, name)
     if _clients is not None:
         _clients.children.forget(namespace, name)
         if _clients.watch is not None:

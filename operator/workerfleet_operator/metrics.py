@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from workerfleet_operator.models import WorkerFleetStatus
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Where a reconcile's time goes: reading (cache, Secret, database), the planner, the action's
@@ -40,6 +45,21 @@ class Histogram:
         return lines
 
 
+# A fleet this replica has not reconciled for this long is no longer exported: it lost the
+# leadership (the new leader exports the fleet), or the fleet is gone. Fleets at rest are
+# reconciled every 30 s (WORKERFLEET_RESYNC_INTERVAL).
+FLEET_GAUGE_TTL_S = 300.0
+
+
+@dataclass(frozen=True)
+class _FleetGauges:
+    phase: str
+    since: float  # time.monotonic() when this phase was first seen
+    seen: float  # time.monotonic() of the last reconcile
+    stalled: str | None  # the Stalled condition's reason, when True
+    wait: tuple[str, float] | None  # (breaking migration, seconds it has waited for drain)
+
+
 class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,6 +67,7 @@ class Metrics:
         self.actions: dict[str, int] = defaultdict(int)  # by action type
         self._latency = Histogram()
         self._phases = {phase: Histogram() for phase in PHASES}
+        self._fleets: dict[tuple[str, str], _FleetGauges] = {}
 
     def observe_reconcile(
         self, seconds: float, outcome: str, action: str, phases: dict[str, float] | None = None
@@ -57,6 +78,51 @@ class Metrics:
             self._latency.observe(seconds)
             for phase, spent in (phases or {}).items():
                 self._phases[phase].observe(spent)
+
+    def observe_fleet(self, namespace: str, name: str, status: WorkerFleetStatus) -> None:
+        """The fleet's phase (and since when, on this operator's clock: it restarts with the
+        operator), whether it is Stalled, and how long a breaking migration has waited."""
+        key = (namespace, name)
+        now = time.monotonic()
+        stalled = next(
+            (c.reason for c in status.conditions if c.type == "Stalled" and c.status == "True"),
+            None,
+        )
+        wait = None
+        if status.migration_wait_started_at and status.migration_wait_for:
+            started = datetime.fromisoformat(status.migration_wait_started_at)
+            waited = (datetime.now(UTC) - started).total_seconds()
+            wait = (status.migration_wait_for, max(0.0, waited))
+        with self._lock:
+            old = self._fleets.get(key)
+            since = old.since if old is not None and old.phase == status.phase else now
+            self._fleets[key] = _FleetGauges(status.phase, since, now, stalled, wait)
+
+    def forget_fleet(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._fleets.pop((namespace, name), None)
+
+    def _fleet_lines(self) -> list[str]:
+        now = time.monotonic()
+        phase = ["# TYPE workerfleet_fleet_phase gauge"]
+        since = ["# TYPE workerfleet_fleet_phase_seconds gauge"]
+        stalled = ["# TYPE workerfleet_fleet_stalled gauge"]
+        waits = ["# TYPE workerfleet_fleet_migration_wait_seconds gauge"]
+        for (ns, name), g in sorted(self._fleets.items()):
+            if now - g.seen > FLEET_GAUGE_TTL_S:
+                continue
+            who = f'namespace="{ns}",fleet="{name}"'
+            phase.append(f'workerfleet_fleet_phase{{{who},phase="{g.phase}"}} 1')
+            since.append(f"workerfleet_fleet_phase_seconds{{{who}}} {now - g.since:.1f}")
+            if g.stalled is not None:
+                stalled.append(f'workerfleet_fleet_stalled{{{who},reason="{g.stalled}"}} 1')
+            if g.wait is not None:
+                migration, waited = g.wait
+                waits.append(
+                    f'workerfleet_fleet_migration_wait_seconds{{{who},migration="{migration}"}} '
+                    f"{waited:.1f}"
+                )
+        return phase + since + stalled + waits
 
     def render(self) -> str:
         with self._lock:
@@ -75,6 +141,7 @@ class Metrics:
             lines.append("# TYPE workerfleet_reconcile_phase_seconds histogram")
             for phase, histogram in self._phases.items():
                 lines += histogram.render("workerfleet_reconcile_phase_seconds", f'phase="{phase}"')
+            lines += self._fleet_lines()
         return "\n".join(lines) + "\n"
 
     def serve(self, host: str, port: int) -> ThreadingHTTPServer:

@@ -182,6 +182,7 @@ def reconcile(
             {"status": status.model_dump(by_alias=True, mode="json")},
         )  # fmt: skip
         METRICS.observe_reconcile(time.perf_counter() - started, "invalid", "NoAction")
+        METRICS.observe_fleet(namespace, name, status)
         return None
     revision = builders.revision(name, spec, namespace)
     laps = Laps()
@@ -232,6 +233,7 @@ def reconcile(
     )
     if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
         write_status(fleet, status)
+    METRICS.observe_fleet(namespace, name, status)
     laps.lap("status")
     METRICS.observe_reconcile(time.perf_counter() - started, outcome, action_name, laps.phases)
     return Step(result, outcome)

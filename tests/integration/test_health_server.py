@@ -16,7 +16,7 @@ def server() -> HealthServer:
     settings = WorkerSettings.model_validate(
         {"database_url": "postgresql://user:secret@db/x", "app": "m", "health_port": 0}
     )
-    return HealthServer(Worker(settings, App("t")), "127.0.0.1", 0)
+    return HealthServer(Worker(settings, App("t")).snapshot, "127.0.0.1", 0)
 
 
 async def get(port: int, path: str) -> bytes:

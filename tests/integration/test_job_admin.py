@@ -19,7 +19,7 @@ from fleet_worker import admin
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.exit_codes import ExitCode
-from fleet_worker.migrate import activate, migrate
+from fleet_worker.migrate import activate
 from fleet_worker.pools import PoolIdentity, register_pool
 from fleet_worker.protocol import JobState
 from fleet_worker.queue import JobSpec, add_jobs
@@ -29,13 +29,6 @@ from tests.integration.test_queue import fail, fetch
 from tests.integration.test_worker_process import V1, install, remaining
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def schema(conn: psycopg.Connection, schema_name: str) -> Schema:
-    s = Schema(schema_name)
-    migrate(conn, s, Catalog.load())
-    return s
 
 
 def active_pool(conn: psycopg.Connection, schema: Schema, fail_tasks: list[str] = ()) -> str:  # type: ignore[assignment]

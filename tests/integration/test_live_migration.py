@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from fleet_worker.catalog import Catalog
 from fleet_worker.exit_codes import ExitCode
 from tests.helpers import FAST, Producer, WorkerProcess, q, wait_for
 
@@ -72,7 +73,7 @@ def test_safe_then_breaking_rollout_loses_nothing(
         # v2's migration is safe: applied at once, v1 keeps running beside v2.
         v2 = start(V2)
         wait_for(lambda: active_versions(conn, s) == ["1.0.0", "2.0.0"], what="v1+v2 active")
-        assert applied(conn, s) == ["core/0001", "core/0002", "core/0003", "app/0001", "app/0002"]
+        assert applied(conn, s) == [*Catalog.load().ids, "app/0001", "app/0002"]
         wait_for(lambda: ledger_versions(conn, s) >= {"1.0.0", "2.0.0"}, what="both working")
 
         # v3's migration is breaking: v3 records its intent and waits for v1 and v2 to go.
@@ -187,7 +188,7 @@ def test_a_stuck_old_pool_is_evicted_after_the_wait(
 def test_breaking_migration_declares_silent_outdated_pools_dead_and_activation_is_checked(
     conn: psycopg.Connection, schema_name: str
 ) -> None:
-    from fleet_worker.catalog import Catalog
+
     from fleet_worker.db import Schema
     from fleet_worker.migrate import MigrationResult, activate, apply_one, migrate
     from fleet_worker.pools import PoolIdentity, heartbeat, register_pool

@@ -12,11 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fleet_worker.catalog import Catalog
 from fleet_worker.cron import CronEntry, ticks
 from fleet_worker.db import Schema
 from fleet_worker.exit_codes import ExitCode
-from fleet_worker.migrate import migrate
 from fleet_worker.periodic import enqueue_due
 from tests.helpers import FAST, WorkerProcess, q, wait_for
 from tests.integration.test_worker_process import install, ledger
@@ -34,13 +32,6 @@ def entry(name: str = "e", schedule: str = "* * * * *", backfill_s: float = 0.0)
 
 def keys(conn: psycopg.Connection, schema: str) -> list[str]:
     return [str(r[0]) for r in q(conn, schema, "select key from {s}.jobs order by key")]
-
-
-@pytest.fixture
-def schema(conn: psycopg.Connection, schema_name: str) -> Schema:
-    s = Schema(schema_name)
-    migrate(conn, s, Catalog.load())
-    return s
 
 
 def test_concurrent_checkers_enqueue_each_tick_once(

@@ -4,7 +4,6 @@ fencing. These drive the queue functions directly with a registered pool."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -12,7 +11,6 @@ import pytest
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
-from fleet_worker.migrate import migrate
 from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
 from fleet_worker.queue import (
     ANALYZE_BATCH_ROWS,
@@ -33,13 +31,6 @@ from tests.helpers import q
 
 pytestmark = pytest.mark.integration
 TASKS = ["a", "b"]
-
-
-@pytest.fixture
-def schema(conn: psycopg.Connection, schema_name: str) -> Iterator[Schema]:
-    s = Schema(schema_name)
-    migrate(conn, s, Catalog.load())
-    yield s
 
 
 def new_pool(conn: psycopg.Connection, schema: Schema) -> str:

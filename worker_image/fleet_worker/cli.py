@@ -102,6 +102,7 @@ RUN_DURATIONS = {
     "--retry-delay": "retry_delay",
     "--retry-max-delay": "retry_max_delay",
     "--keep-history": "keep_history",
+    "--queue-stats-interval": "queue_stats_interval",
 }
 
 

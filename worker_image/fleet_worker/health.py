@@ -1,29 +1,61 @@
 """`/healthz`, `/readyz` and `/metrics` over a deliberately tiny HTTP/1.0 server: probes and
-Prometheus need nothing more, and the worker image stays free of a web framework."""
+Prometheus need nothing more, and the worker image stays free of a web framework. The server
+knows nothing of the worker: it renders a Snapshot the worker hands it on each request."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from fleet_worker.lease import lease_clock
-
-if TYPE_CHECKING:
-    from fleet_worker.runtime import Worker
+from fleet_worker.queue_stats import QueueStats
 
 log = logging.getLogger("fleet_worker")
 _STATES = ("starting", "waiting-for-schema", "active", "draining", "stopped")
+SCHEMA_STATES = ("compatible", "pending", "out-of-date", "mismatch", "unknown")
 _TEXT = "text/plain; charset=utf-8"
 MAX_CLIENTS = 64  # kubelet probes and a Prometheus scrape need a handful
 MAX_REQUEST_BYTES = 8192  # request line and headers
 REQUEST_TIMEOUT_S = 5.0  # for the whole request, not per line
 
 
+@dataclass
+class Counters:
+    completed: int = 0
+    failed: int = 0
+    fetched: int = 0
+    fetch_batches: int = 0
+    completions_rejected: int = 0
+    heartbeats_failed: int = 0
+    sweeps: int = 0
+    pools_swept: int = 0
+    cron_enqueued: int = 0
+    # (task, outcome): completed, retried (failed with attempts left), failed (for good)
+    outcomes: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The worker as the health port reports it, taken when a request arrives."""
+
+    pool_id: str
+    state: str  # the pool's state
+    fenced: bool  # fenced, or about to be: no recent heartbeat
+    stopping: bool
+    counters: Counters
+    running: int
+    held: int  # fetched ahead, waiting for a slot
+    heartbeat_age_s: float
+    schema_state: str  # one of SCHEMA_STATES
+    queue: QueueStats | None = None
+
+
 class HealthServer:
-    def __init__(self, worker: Worker, host: str, port: int) -> None:
-        self.worker = worker
+    def __init__(self, snapshot: Callable[[], Snapshot], host: str, port: int) -> None:
+        self.snapshot = snapshot
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -41,12 +73,12 @@ class HealthServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     def ready(self) -> tuple[bool, str]:
-        w = self.worker
-        if w.state != "active":
-            return False, f"pool state is {w.state}"
-        if w.fenced or w.lease.must_fence(lease_clock()):
+        snap = self.snapshot()
+        if snap.state != "active":
+            return False, f"pool state is {snap.state}"
+        if snap.fenced:
             return False, "no recent heartbeat"
-        if w._stop.is_set():
+        if snap.stopping:
             return False, "stopping"
         return True, "ready"
 
@@ -55,36 +87,7 @@ class HealthServer:
         return True, "alive"
 
     def metrics(self) -> str:
-        w = self.worker
-        c = w.counters
-        pool = w.pool_id or ""
-        lines = [
-            "# TYPE fleet_worker_jobs_completed_total counter",
-            f"fleet_worker_jobs_completed_total {c.completed}",
-            "# TYPE fleet_worker_jobs_failed_total counter",
-            f"fleet_worker_jobs_failed_total {c.failed}",
-            "# TYPE fleet_worker_jobs_fetched_total counter",
-            f"fleet_worker_jobs_fetched_total {c.fetched}",
-            "# TYPE fleet_worker_fetch_batches_total counter",
-            f"fleet_worker_fetch_batches_total {c.fetch_batches}",
-            "# TYPE fleet_worker_completions_rejected_total counter",
-            f"fleet_worker_completions_rejected_total {c.completions_rejected}",
-            "# TYPE fleet_worker_heartbeats_failed_total counter",
-            f"fleet_worker_heartbeats_failed_total {c.heartbeats_failed}",
-            "# TYPE fleet_worker_sweeps_total counter",
-            f"fleet_worker_sweeps_total {c.sweeps}",
-            "# TYPE fleet_worker_jobs_running gauge",
-            f"fleet_worker_jobs_running {len(w.running)}",
-            "# TYPE fleet_worker_jobs_held gauge",  # fetched ahead, waiting for a slot
-            f"fleet_worker_jobs_held {len(w._local)}",
-            "# TYPE fleet_worker_heartbeat_age_seconds gauge",
-            f"fleet_worker_heartbeat_age_seconds {w.lease.silent_for(lease_clock()):.3f}",
-            "# TYPE fleet_worker_pool_state gauge",
-        ]
-        for state in _STATES:
-            value = 1 if w.state == state else 0
-            lines.append(f'fleet_worker_pool_state{{state="{state}",pool="{pool}"}} {value}')
-        return "\n".join(lines) + "\n"
+        return render_metrics(self.snapshot())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Unauthenticated and reachable by anything in the pod network: bound the clients
@@ -146,3 +149,69 @@ async def _read_request(reader: asyncio.StreamReader) -> str | None:
             return None
     parts = head.split(b"\n", 1)[0].decode("latin-1").split()
     return parts[1] if len(parts) >= 2 else ""
+
+
+_COUNTERS = (
+    ("fleet_worker_jobs_completed_total", "completed"),
+    ("fleet_worker_jobs_failed_total", "failed"),
+    ("fleet_worker_jobs_fetched_total", "fetched"),
+    ("fleet_worker_fetch_batches_total", "fetch_batches"),
+    ("fleet_worker_completions_rejected_total", "completions_rejected"),
+    ("fleet_worker_heartbeats_failed_total", "heartbeats_failed"),
+    ("fleet_worker_sweeps_total", "sweeps"),
+    ("fleet_worker_pools_swept_total", "pools_swept"),
+    ("fleet_worker_cron_jobs_enqueued_total", "cron_enqueued"),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(snap: Snapshot) -> str:
+    """The Prometheus text exposition; docs/operations.md, Monitoring, lists every metric."""
+    c, pool = snap.counters, snap.pool_id
+    lines: list[str] = []
+    for name, attr in _COUNTERS:
+        lines += [f"# TYPE {name} counter", f"{name} {getattr(c, attr)}"]
+    lines.append("# TYPE fleet_worker_task_outcomes_total counter")
+    for (task, outcome), n in sorted(c.outcomes.items()):
+        lines.append(
+            f'fleet_worker_task_outcomes_total{{task="{_label(task)}",outcome="{outcome}"}} {n}'
+        )
+    lines += [
+        "# TYPE fleet_worker_jobs_running gauge",
+        f"fleet_worker_jobs_running {snap.running}",
+        "# TYPE fleet_worker_jobs_held gauge",
+        f"fleet_worker_jobs_held {snap.held}",
+        "# TYPE fleet_worker_heartbeat_age_seconds gauge",
+        f"fleet_worker_heartbeat_age_seconds {snap.heartbeat_age_s:.3f}",
+        "# TYPE fleet_worker_pool_state gauge",
+    ]
+    for state in _STATES:
+        value = 1 if snap.state == state else 0
+        lines.append(f'fleet_worker_pool_state{{state="{state}",pool="{pool}"}} {value}')
+    lines.append("# TYPE fleet_worker_schema_state gauge")
+    for state in SCHEMA_STATES:
+        value = 1 if snap.schema_state == state else 0
+        lines.append(f'fleet_worker_schema_state{{state="{state}"}} {value}')
+    if snap.queue is not None:
+        lines += _queue_lines(snap.queue)
+    return "\n".join(lines) + "\n"
+
+
+def _queue_lines(stats: QueueStats) -> list[str]:
+    lines = ["# TYPE fleet_worker_queue_jobs gauge"]
+    for (task, queue, state), n in sorted(stats.jobs.items()):
+        labels = f'task="{_label(task)}",queue="{_label(queue)}",state="{state}"'
+        lines.append(f"fleet_worker_queue_jobs{{{labels}}} {n}")
+    lines.append("# TYPE fleet_worker_queue_oldest_waiting_seconds gauge")
+    for (task, queue), age in sorted(stats.oldest_waiting_s.items()):
+        labels = f'task="{_label(task)}",queue="{_label(queue)}"'
+        lines.append(f"fleet_worker_queue_oldest_waiting_seconds{{{labels}}} {age:.3f}")
+    if stats.age_s is not None:
+        lines += [
+            "# TYPE fleet_worker_queue_stats_age_seconds gauge",
+            f"fleet_worker_queue_stats_age_seconds {stats.age_s:.3f}",
+        ]
+    return lines

@@ -32,7 +32,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 
 from fleet_worker import migrate as migrations
-from fleet_worker import retention
+from fleet_worker import queue_stats, retention
 from fleet_worker.app import (
     App,
     JobCancelled,
@@ -52,7 +52,7 @@ from fleet_worker.db import (
     first_line,
 )
 from fleet_worker.exit_codes import ExitCode
-from fleet_worker.health import HealthServer
+from fleet_worker.health import Counters, HealthServer, Snapshot
 from fleet_worker.lease import Lease, lease_clock
 from fleet_worker.periodic import Enqueued, enqueue_due, seconds_to_next_check
 from fleet_worker.pools import (
@@ -75,6 +75,7 @@ from fleet_worker.queue import (
     fail_job,
     fetch_jobs,
 )
+from fleet_worker.queue_stats import QueueStats
 from fleet_worker.recovery import NOT_RETRIED, SweepResult, release_pool_jobs, sweep
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.termination import write_termination_message
@@ -109,28 +110,15 @@ class Running:
         return self.task is not None and not self.task.done()
 
 
-@dataclass
-class Counters:
-    completed: int = 0
-    failed: int = 0
-    fetched: int = 0
-    fetch_batches: int = 0
-    completions_rejected: int = 0
-    heartbeats_failed: int = 0
-    sweeps: int = 0
-    pools_swept: int = 0
-    cron_enqueued: int = 0
-
-
 class Maintenance:
     """The sync connection for heartbeat, sweep and migrations, used from one thread only.
     It reconnects lazily after an error so a database restart costs one failed beat."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, name: str = "maintenance") -> None:
         self._url = url
         self._timeout = timeout
         self._conn: psycopg.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maintenance")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def _with_conn(self, fn: Callable[[psycopg.Connection], T]) -> T:
         if self._conn is None or self._conn.closed:
@@ -194,6 +182,16 @@ class LazyConnection:
         self._conn = None
 
 
+def _schema_state(state: Assessment | None) -> str:
+    if state is None:
+        return "unknown"
+    if state.mismatched:
+        return "mismatch"
+    if state.out_of_date:
+        return "out-of-date"
+    return "pending" if state.pending else "compatible"
+
+
 def _failure(run: Running, task: Task, detail: str) -> tuple[str, bool]:
     """How an attempt that raised is recorded: the error, and whether it is permanent. One
     the worker had asked to stop that ended in an error rather than in the cancellation
@@ -247,7 +245,11 @@ class Worker:
         self._record_conn = LazyConnection(self.url)
         self._exit_watch_stop = threading.Event()
         self._signals = 0
-        self.health = HealthServer(self, settings.health_host, settings.health_port)
+        self.health = HealthServer(self.snapshot, settings.health_host, settings.health_port)
+        # Queue stats on a connection and thread of their own: a slow count must never
+        # delay a heartbeat (fleet_worker/queue_stats.py).
+        self.stats = Maintenance(self.url, timeout=5.0, name="maintenance-stats")
+        self.queue_stats: QueueStats | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -288,6 +290,8 @@ class Worker:
                 self._service(self._lease_loop(), "lease"),
                 self._service(self._sweep_loop(), "sweep"),
             ]
+            if self.settings.queue_stats_interval > 0:
+                background.append(self._service(self._stats_loop(), "queue stats"))
             try:
                 if await self._reach_compatible_schema():
                     background += [
@@ -312,6 +316,7 @@ class Worker:
             await self._fetch_conn.drop()
             await self._record_conn.drop()
             self.maintenance.close()
+            self.stats.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
         return self._exit()
 
@@ -400,6 +405,21 @@ class Worker:
             )
         )
         self._after_beat(beat.state, beat.reason, sent)
+
+    def snapshot(self) -> Snapshot:
+        """What the health port reports (fleet_worker/health.py)."""
+        return Snapshot(
+            pool_id=self.pool_id or "",
+            state=self.state,
+            fenced=self.fenced or self.lease.must_fence(lease_clock()),
+            stopping=self._stop.is_set(),
+            counters=self.counters,
+            running=len(self.running),
+            held=len(self._local),
+            heartbeat_age_s=self.lease.silent_for(lease_clock()),
+            schema_state=_schema_state(self.assessment),
+            queue=self.queue_stats,
+        )
 
     def _pool(self) -> str:
         assert self.pool_id is not None
@@ -698,6 +718,8 @@ class Worker:
                     permanent=permanent,
                 )  # fmt: skip
                 self.counters.failed += 1
+                last = permanent or job.attempts >= job.max_attempts
+                self.counters.outcomes[job.task_identifier, "failed" if last else "retried"] += 1
                 if not ok:
                     self.counters.completions_rejected += 1
                 return
@@ -742,6 +764,9 @@ class Worker:
                     self._completing = []
                 backoff, refusals = 0.05, 0
                 self.counters.completed += len(done)
+                for job in batch:
+                    if job.id in done:
+                        self.counters.outcomes[job.task_identifier, "completed"] += 1
                 rejected = len(batch) - len(done)
                 if rejected:
                     self.counters.completions_rejected += rejected
@@ -955,6 +980,21 @@ class Worker:
         if self.lease.on_probation(lease_clock()):
             return SweepResult(False, [], 0)
         return sweep(conn, self.schema, self.settings.sweep_threshold, sweeper=self.pool_id)
+
+    async def _stats_loop(self) -> None:
+        """fleet_worker.queue_stats: recount if due (one pool per interval does), then read."""
+        interval = self.settings.queue_stats_interval
+
+        def refresh_and_read(conn: psycopg.Connection) -> QueueStats:
+            queue_stats.refresh_if_due(conn, self.schema, interval)
+            return queue_stats.read(conn, self.schema)
+
+        while not self._stop.is_set():
+            try:
+                self.queue_stats = await self.stats.run(refresh_and_read)
+            except (DatabaseUnavailableError, psycopg.Error) as exc:
+                log.debug("queue stats skipped: %s", first_line(exc))
+            await self._sleep(interval)
 
     async def _cron_loop(self) -> None:
         """Periodic jobs (fleet_worker.periodic), checked at once (a restart's backfill), then

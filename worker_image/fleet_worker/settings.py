@@ -38,6 +38,9 @@ class WorkerSettings(BaseModel):
     # Completed jobs are recorded in job_history and kept this long (0: not recorded). See
     # docs/worker.md#job-history.
     keep_history: Seconds = 0.0
+    # How often /metrics' queue counts are read, and recounted by one pool of the fleet
+    # (0: off). See fleet_worker/queue_stats.py.
+    queue_stats_interval: Seconds = 15.0
     health_host: str = Field(default_factory=lambda: os.environ.get("POD_IP") or "127.0.0.1")
     health_port: int = Field(8080, ge=0, le=65535)  # 0: pick a free port; -1 not allowed
 
