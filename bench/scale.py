@@ -74,8 +74,7 @@ def fetch_plan(conn: psycopg.Connection, schema: Schema) -> str:
             )
         ).fetchone()
         assert pool is not None
-        params = {"tasks": ["noop"], "pool": pool[0], "limit": 1100, "threshold": 60,
-                  "tokens_seq": q.tokens_seq}  # fmt: skip
+        params = q.fetch_params(pool[0], ["noop"], 1100, 60)
         rows = conn.execute(sql.SQL("explain (analyze, buffers, costs off) ") + q.fetch, params)
         return "\n".join(r[0] for r in rows.fetchall())
 

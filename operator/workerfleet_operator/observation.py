@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-LIVE_POOL_STATES = frozenset({"starting", "waiting-for-schema", "active", "draining"})
-EXIT_OUT_OF_DATE = 57
+from fleet_worker.exit_codes import ExitCode
+from fleet_worker.protocol import LIVE_STATES
+
+LIVE_POOL_STATES = frozenset(LIVE_STATES)
+EXIT_OUT_OF_DATE = int(ExitCode.OUT_OF_DATE)
 
 
 @dataclass(frozen=True)

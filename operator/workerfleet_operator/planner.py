@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import assert_never
 
-from fleet_worker.protocol import CORE_PROTOCOL
+from fleet_worker.protocol import CORE_PROTOCOL, PoolState
 from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.models import (
     Condition,
@@ -343,7 +343,7 @@ class _Planner:
             replicas=len(self.pods),
             updated_replicas=len(self.new),
             ready_replicas=len(self.ready),
-            active_pools=sum(1 for p in self.fleet_pools if p.state == "active"),
+            active_pools=sum(1 for p in self.fleet_pools if p.state == PoolState.ACTIVE),
             outdated_pools=outdated,
             schema_=SchemaStatus(
                 applied=[m.id for m in self.obs.applied],
@@ -821,7 +821,7 @@ class _Planner:
         spec = self.spec
         replicas = spec.replicas
         pods, new, old = self.pods, self.new, self.old
-        draining = [p for p in self.fleet_pools if p.state == "draining"]
+        draining = [p for p in self.fleet_pools if p.state == PoolState.DRAINING]
         if old:
             if self.terminating or draining:
                 who = self.terminating[0].name if self.terminating else draining[0].pool_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from localcluster.kube import ApiError
@@ -25,6 +27,7 @@ from tests.e2e.operator_env import (
     wait_until,
 )
 from tests.helpers import Producer
+from tests.integration.test_leases import make_spans
 from workerfleet_dev.deploy import apply_deploy, operator_ready
 from workerfleet_dev.gotools import HELM, ensure
 from workerfleet_operator.metrics import PHASES
@@ -504,3 +507,45 @@ def test_deleting_a_fleet_drains_its_pods_and_loses_nothing(fleet: FleetEnv) -> 
     assert states == {"stopped"}, states
     assert fleet.q("select count(*) from {s}.jobs") == [(0,)]
     assert sorted(j for j, _, _ in ledger(fleet)) == sorted(ids)
+
+
+def _kill_workers_of(schema: str) -> int:
+    """SIGKILL the fleet's worker processes (on this machine: the kubelet's containers are
+    its processes), as the OOM killer would."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if b"run" in cmdline.split(b"\0") and f"FLEET_SCHEMA={schema}".encode() in environ:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def test_the_operator_releases_a_killed_pods_jobs_and_fails_its_charge(
+    fleet: FleetEnv,
+) -> None:
+    """The sweep threshold is 10 minutes, so only the operator's release (the kubelet says the
+    container ended) can free the jobs in time: the charge-like job fails for good, the other
+    runs again, once."""
+    fleet.apply("1", replicas=1, sweepThreshold="10m")
+    fleet.wait_ready("1")
+    with psycopg.connect(fleet.url, autocommit=True) as conn:
+        make_spans(conn, fleet.schema)
+    add = "select (j).id from (select {s}.add_job(%s, '{{\"s\": 300}}'::jsonb) as j) x"
+    [(charge,)] = fleet.q(add, ["charge"])
+    [(other,)] = fleet.q(add, ["span_cooperative"])
+    wait_until(lambda: fleet.q("select count(*) from {s}.spans") == [(2,)], 60, "both started")
+    fleet.q("update {s}.jobs set payload = '{{\"s\": 0}}' returning 1")
+    assert _kill_workers_of(fleet.schema) >= 1
+    wait_until(lambda: fleet.q("select count(*) from {s}.jobs") == [(1,)], 90, "the rerun done")
+    [(attempts, max_attempts, error)] = fleet.q(
+        "select attempts, max_attempts, last_error from {s}.jobs where id = %s", [charge]
+    )
+    assert attempts == max_attempts and "its container terminated" in str(error)
+    assert 'on_orphan="fail"' in str(error)
+    runs = [r[0] for r in fleet.q("select job_id from {s}.spans order by id")]
+    assert sorted(runs) == sorted([charge, other, other])

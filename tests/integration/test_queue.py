@@ -364,8 +364,7 @@ def test_the_workers_fetch_walks_the_index_whatever_the_statistics(
              ) == [(-1.0,)]  # fmt: skip
     pool = new_pool(conn, schema)
     sql_ = QueueSQL(schema)
-    params = {"tasks": TASKS, "pool": pool, "limit": 500, "threshold": 60.0,
-              "tokens_seq": sql_.tokens_seq}  # fmt: skip
+    params = sql_.fetch_params(pool, TASKS, 500, 60.0)
 
     async def plan() -> str:
         fetch_conn = LazyConnection(database_url, FETCH_SESSION)  # as the runtime opens it

@@ -11,10 +11,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fleet_worker.protocol import LIVE_STATES, PoolState
 from fleet_worker.queue_stats import QueueStats
 
 log = logging.getLogger("fleet_worker")
-_STATES = ("starting", "waiting-for-schema", "active", "draining", "stopped")
+# A pool reports its own state; the fenced ones others set it reports by exiting.
+_STATES = (*LIVE_STATES, PoolState.STOPPED)
 SCHEMA_STATES = ("compatible", "pending", "out-of-date", "mismatch", "unknown")
 _TEXT = "text/plain; charset=utf-8"
 MAX_CLIENTS = 64  # kubelet probes and a Prometheus scrape need a handful
@@ -74,7 +76,7 @@ class HealthServer:
 
     def ready(self) -> tuple[bool, str]:
         snap = self.snapshot()
-        if snap.state != "active":
+        if snap.state != PoolState.ACTIVE:
             return False, f"pool state is {snap.state}"
         if snap.fenced:
             return False, "no recent heartbeat"
@@ -192,9 +194,9 @@ def render_metrics(snap: Snapshot) -> str:
         value = 1 if snap.state == state else 0
         lines.append(f'fleet_worker_pool_state{{state="{state}",pool="{pool}"}} {value}')
     lines.append("# TYPE fleet_worker_schema_state gauge")
-    for state in SCHEMA_STATES:
-        value = 1 if snap.schema_state == state else 0
-        lines.append(f'fleet_worker_schema_state{{state="{state}"}} {value}')
+    for schema_state in SCHEMA_STATES:
+        value = 1 if snap.schema_state == schema_state else 0
+        lines.append(f'fleet_worker_schema_state{{state="{schema_state}"}} {value}')
     if snap.queue is not None:
         lines += _queue_lines(snap.queue)
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from psycopg import sql
 from fleet_worker.catalog import SCHEMA_PLACEHOLDER, Catalog, Migration
 from fleet_worker.compat import AppliedMigration, Assessment, assess
 from fleet_worker.db import Schema, first_line, lease_live, live_params
-from fleet_worker.protocol import LEASES
+from fleet_worker.protocol import LEASES, PoolState
 from fleet_worker.recovery import release_pool_jobs
 
 
@@ -127,11 +127,16 @@ def activate(
         if state.compatible:
             conn.execute(
                 schema.q(
-                    """update {s}.pools set state = 'active', heartbeat_at = now(), reason = null,
+                    """update {s}.pools set state = %s, heartbeat_at = now(), reason = null,
                            orphan_fail_tasks = %s
-                       where pool_id = %s and state in ('starting', 'waiting-for-schema')"""
+                       where pool_id = %s and state = any(%s)"""
                 ),
-                [list(orphan_fail_tasks), pool_id],
+                [
+                    PoolState.ACTIVE,
+                    list(orphan_fail_tasks),
+                    pool_id,
+                    [PoolState.STARTING, PoolState.WAITING_FOR_SCHEMA],
+                ],
             )
     return state
 
@@ -144,14 +149,14 @@ def declare_stale_outdated_dead(
     comes back finds itself dead instead of fetching."""
     rows = conn.execute(
         schema.q(
-            """update {s}.pools p set state = 'dead', stopped_at = now(),
+            """update {s}.pools p set state = %(dead)s, stopped_at = now(),
                    reason = 'no heartbeat when a breaking migration needed it gone'
                where p.state = any(%(live_states)s) and not """
         )
         + lease_live()
         + sql.SQL(_LACKS)
         + sql.SQL(" returning p.pool_id::text"),
-        {**live_params(threshold_s), "migration": migration_id},
+        {**live_params(threshold_s), "migration": migration_id, "dead": PoolState.DEAD},
     ).fetchall()
     dead = [r[0] for r in rows]
     release_pool_jobs(conn, schema, dead, "released: its pool stopped heartbeating")
@@ -168,13 +173,18 @@ def evict_outdated_pools(
     """Inside the caller's transaction: mark live outdated pools evicted, release their jobs."""
     rows = conn.execute(
         schema.q(
-            "update {s}.pools p set state = 'evicted', stopped_at = now(), "
+            "update {s}.pools p set state = %(evicted)s, stopped_at = now(), "
             "reason = %(reason)s where "
         )
         + lease_live()
         + sql.SQL(_LACKS)
         + sql.SQL(" returning p.pool_id::text"),
-        {**live_params(threshold_s), "migration": migration_id, "reason": reason},
+        {
+            **live_params(threshold_s),
+            "migration": migration_id,
+            "reason": reason,
+            "evicted": PoolState.EVICTED,
+        },
     ).fetchall()
     pool_ids = [r[0] for r in rows]
     if pool_ids:

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema, lease_live, live_params
+from fleet_worker.protocol import FENCED_STATES, LIVE_STATES, TERMINAL_STATES, PoolState
 from fleet_worker.recovery import release_pool_jobs
 
 
@@ -65,7 +66,7 @@ def register_pool(
             """insert into {s}.pools (pool_id, fleet, version, image, pod_name, node_name,
                    hostname, pid, mode, catalog, state, concurrency, heartbeat_interval_s,
                    sweep_threshold_s, host_started_at, pod_uid)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'starting', %s, %s,
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s,
                        %s, %s, %s)"""
         ),
         [
@@ -79,6 +80,7 @@ def register_pool(
             who.pid,
             mode,
             json.dumps(catalog.to_json()),
+            PoolState.STARTING,
             concurrency,
             heartbeat_interval_s,
             sweep_threshold_s,
@@ -107,17 +109,23 @@ def heartbeat(
     """Beat, optionally moving to `state`; a pool already dead, evicted or stopped stays so."""
     row = conn.execute(
         schema.q(
-            """update {s}.pools set heartbeat_at = now(), running_jobs = %s,
-                   state = case when state in ('dead', 'evicted', 'stopped') then state
-                                else coalesce(%s, state) end,
-                   reason = case when state in ('dead', 'evicted', 'stopped') then reason
-                                 else coalesce(%s, reason) end
-               where pool_id = %s returning state, reason"""
+            """update {s}.pools set heartbeat_at = now(), running_jobs = %(running)s,
+                   state = case when state = any(%(final)s) then state
+                                else coalesce(%(state)s, state) end,
+                   reason = case when state = any(%(final)s) then reason
+                                 else coalesce(%(reason)s, reason) end
+               where pool_id = %(pool)s returning state, reason"""
         ),
-        [running_jobs, state, reason, pool_id],
+        {
+            "running": running_jobs,
+            "final": list(TERMINAL_STATES),
+            "state": state,
+            "reason": reason,
+            "pool": pool_id,
+        },
     ).fetchone()
     if row is None:
-        return Heartbeat("dead", "pool row was deleted")
+        return Heartbeat(PoolState.DEAD, "pool row was deleted")
     return Heartbeat(row[0], row[1])
 
 
@@ -149,17 +157,22 @@ def waited_seconds(conn: psycopg.Connection, schema: Schema, pool_id: str) -> fl
 
 
 def stop_pool(
-    conn: psycopg.Connection, schema: Schema, pool_id: str, *, reason: str, state: str = "stopped"
+    conn: psycopg.Connection,
+    schema: Schema,
+    pool_id: str,
+    *,
+    reason: str,
+    state: PoolState = PoolState.STOPPED,
 ) -> None:
     conn.execute(
         schema.q(
-            """update {s}.pools set state = case when state in ('dead', 'evicted') then state
-                                                  else %s end,
+            """update {s}.pools set state = case when state = any(%(fenced)s) then state
+                                                  else %(state)s end,
                    stopped_at = coalesce(stopped_at, now()), running_jobs = 0,
-                   reason = case when state in ('dead', 'evicted') then reason else %s end
-               where pool_id = %s"""
+                   reason = case when state = any(%(fenced)s) then reason else %(reason)s end
+               where pool_id = %(pool)s"""
         ),
-        [state, reason, pool_id],
+        {"fenced": list(FENCED_STATES), "state": state, "reason": reason, "pool": pool_id},
     )
 
 
@@ -224,12 +237,16 @@ def declare_dead(
     with conn.transaction():
         rows = conn.execute(
             schema.q(
-                """update {s}.pools set state = 'dead', stopped_at = now(), reason = %s
-                   where pool_id = any(%s::uuid[])
-                     and state in ('starting', 'waiting-for-schema', 'active', 'draining')
+                """update {s}.pools set state = %(dead)s, stopped_at = now(), reason = %(reason)s
+                   where pool_id = any(%(pools)s::uuid[]) and state = any(%(live_states)s)
                    returning pool_id::text"""
             ),
-            [reason, pool_ids],
+            {
+                "dead": PoolState.DEAD,
+                "reason": reason,
+                "pools": pool_ids,
+                "live_states": list(LIVE_STATES),
+            },
         ).fetchall()
         dead = [r[0] for r in rows]
         release_pool_jobs(conn, schema, dead, f"released: {reason}")

@@ -11,8 +11,27 @@ from enum import StrEnum
 CORE_PROTOCOL = "core/0002"
 LEASES = "core/0002"  # from here on, pools carry their own heartbeat interval and threshold
 
-LIVE_STATES = ("starting", "waiting-for-schema", "active", "draining")
-TERMINAL_STATES = ("stopped", "dead", "evicted")
+
+class PoolState(StrEnum):
+    """A pool's state (the `pools.state` column; docs/protocol.md, Pool states). StrEnum:
+    each compares equal to, and travels to PostgreSQL as, its text."""
+
+    STARTING = "starting"  # registered; checking the schema
+    WAITING_FOR_SCHEMA = "waiting-for-schema"  # its migrations are not all applied yet
+    ACTIVE = "active"  # fetching and running jobs
+    DRAINING = "draining"  # stopping: finishes what it runs, fetches nothing
+    STOPPED = "stopped"  # exited cleanly, holds nothing
+    DEAD = "dead"  # its lease expired, or its process ended; others released its jobs
+    EVICTED = "evicted"  # lacked a breaking migration forced after maxMigrationWaitTime
+
+
+# The states in which a pool may hold jobs (live, while its lease holds), and the final ones.
+LIVE_STATES = (
+    PoolState.STARTING, PoolState.WAITING_FOR_SCHEMA, PoolState.ACTIVE, PoolState.DRAINING,
+)  # fmt: skip
+TERMINAL_STATES = (PoolState.STOPPED, PoolState.DEAD, PoolState.EVICTED)
+# Others made these final; the pool itself never leaves them (a heartbeat does not revive it).
+FENCED_STATES = (PoolState.DEAD, PoolState.EVICTED)
 
 
 class JobState(StrEnum):

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from fleet_worker.db import Schema
+from fleet_worker.protocol import PoolState
 from fleet_worker.recovery import INTERRUPTED_ATTEMPT
 
 MAX_ERROR_LENGTH = 8000
@@ -197,7 +198,7 @@ class QueueSQL:
                          where q.queue_name = j.queue_name and q.locked_by is null
                          for update skip locked))
                      and exists (select 1 from {s}.pools p
-                                 where p.pool_id = %(pool)s and p.state = 'active'
+                                 where p.pool_id = %(pool)s and p.state = %(active)s
                                    and p.heartbeat_at > now() - make_interval(
                                        secs => %(threshold)s)
                                  for share)
@@ -222,6 +223,7 @@ class QueueSQL:
                returning j.id, j.task_identifier, j.payload, j.queue_name, j.priority,
                          j.run_at, j.attempts, j.max_attempts, j.key, j.lock_token"""
         )
+        self._active = PoolState.ACTIVE
         # (A pool whose own heartbeat is older than the threshold is not live to others:
         # it must not take work either, whatever it believes about itself.) The chosen ids
         # as an array: joined as a CTE, the planner expects few rows and past a few hundred
@@ -252,6 +254,13 @@ class QueueSQL:
         # Give attempts back unrecorded (the worker cancelled them when its lease ran out):
         # they end as any interrupted attempt does, by their task's orphan policy.
         self.release = _fenced(schema, "update {s}.jobs j set {interrupted} where {fence}")
+
+    def fetch_params(
+        self, pool_id: str, tasks: Sequence[str], limit: int, threshold_s: float
+    ) -> dict[str, Any]:
+        """The parameters of `fetch` (also for EXPLAINs of it, in tests and benchmarks)."""
+        return {"tasks": list(tasks), "active": self._active, "pool": pool_id, "limit": limit,
+                "threshold": threshold_s, "tokens_seq": self.tokens_seq}  # fmt: skip
 
 
 # Fenced on the attempt: only the pool that holds the lock, and only for the attempt it
@@ -298,14 +307,7 @@ async def fetch_jobs(
     *,
     threshold_s: float = 60.0,
 ) -> list[Job]:
-    params = {
-        "tasks": tasks,
-        "pool": pool_id,
-        "limit": limit,
-        "threshold": threshold_s,
-        "tokens_seq": q.tokens_seq,
-    }
-    cur = await conn.execute(q.fetch, params)
+    cur = await conn.execute(q.fetch, q.fetch_params(pool_id, tasks, limit, threshold_s))
     rows = await cur.fetchall()
     jobs = [Job(*row) for row in rows]
     jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))

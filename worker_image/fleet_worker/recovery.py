@@ -10,7 +10,8 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from fleet_worker.db import LIVE_STATES, TERMINAL_STATES, Schema, lease_live, live_params
+from fleet_worker.db import Schema, lease_live, live_params
+from fleet_worker.protocol import LIVE_STATES, TERMINAL_STATES, PoolState
 
 # Whether job `j`'s interrupted attempt must not run again: the pool that ran it listed the
 # task as `on_orphan="fail"` when it turned active (core/0003). Read through to_jsonb, not
@@ -97,7 +98,7 @@ def sweep(
             return SweepResult(False, [], 0)
         rows = conn.execute(
             schema.q(
-                """update {s}.pools p set state = 'dead', stopped_at = now(),
+                """update {s}.pools p set state = %(dead)s, stopped_at = now(),
                        reason = format('no heartbeat for %%s (threshold %%s s)',
                                        date_trunc('second', now() - p.heartbeat_at),
                                        coalesce(p.sweep_threshold_s, %(threshold)s))
@@ -108,7 +109,7 @@ def sweep(
                 """ and p.pool_id is distinct from %(sweeper)s::uuid
                    returning p.pool_id::text"""
             ),
-            {**live_params(threshold_s), "sweeper": sweeper},
+            {**live_params(threshold_s), "sweeper": sweeper, "dead": PoolState.DEAD},
         ).fetchall()
         dead = [r[0] for r in rows]
         leftovers = conn.execute(

@@ -64,7 +64,7 @@ from fleet_worker.pools import (
     stop_pool,
     waited_seconds,
 )
-from fleet_worker.protocol import CORE_PROTOCOL
+from fleet_worker.protocol import CORE_PROTOCOL, FENCED_STATES, TERMINAL_STATES, PoolState
 from fleet_worker.queue import (
     FETCH_SESSION,
     Job,
@@ -220,7 +220,7 @@ class Worker:
             max_workers=settings.concurrency, thread_name_prefix="job"
         )
         self.pool_id: str | None = None
-        self.state = "starting"
+        self.state: str = PoolState.STARTING
         self.counters = Counters()
         self.running: dict[int, Running] = {}
         self.exit_code: ExitCode | None = None
@@ -451,9 +451,9 @@ class Worker:
                     if activated.compatible:
                         return True
                     continue
-                if self.state != "waiting-for-schema":
+                if self.state != PoolState.WAITING_FOR_SCHEMA:
                     log.info("waiting for schema: %s", state.describe())
-                    await self._set_state("waiting-for-schema", state.describe())
+                    await self._set_state(PoolState.WAITING_FOR_SCHEMA, state.describe())
                 if self.settings.mode == "self":
                     await self._self_migrate(state)
                     continue
@@ -477,8 +477,8 @@ class Worker:
         )
         self.assessment = state
         if state.compatible:
-            self.state = "active"
-            self._after_beat("active", None, sent)
+            self.state = PoolState.ACTIVE
+            self._after_beat(PoolState.ACTIVE, None, sent)
         return state
 
     async def _self_migrate(self, state: Assessment) -> None:
@@ -545,7 +545,7 @@ class Worker:
         return (
             not self._stop.is_set()
             and not self.fenced
-            and self.state == "active"
+            and self.state == PoolState.ACTIVE
             and not self.lease.must_fence(lease_clock())
         )
 
@@ -806,10 +806,10 @@ class Worker:
         if self.fenced:
             log.info("heartbeat restored; fetching again")
             self.fenced = False
-        if db_state in ("dead", "evicted"):
+        if db_state in FENCED_STATES:
             self.fenced = True
             # Eviction only happens to pools that lack a forced breaking migration.
-            code = ExitCode.OUT_OF_DATE if db_state == "evicted" else ExitCode.FENCED
+            code = ExitCode.OUT_OF_DATE if db_state == PoolState.EVICTED else ExitCode.FENCED
             self.request_stop(code, f"pool marked {db_state} by others: {reason}")
             self._force.set()  # our jobs were already released; finishing them is pointless
 
@@ -841,7 +841,7 @@ class Worker:
                     gone = {j.id for j in abandoned}
                     self._abandoned = [j for j in self._abandoned if j.id not in gone]
                     log.warning("gave back %d job(s) cancelled while cut off", released)
-                if self.state == "active":
+                if self.state == PoolState.ACTIVE:
                     state = self.assessment = assess(self.catalog, applied)
                     if state.out_of_date or state.mismatched:
                         code = ExitCode.OUT_OF_DATE if state.out_of_date else ExitCode.SCHEMA_ERROR
@@ -868,9 +868,9 @@ class Worker:
         beat = heartbeat(conn, self.schema, pool_id, running_jobs=running)
         released = 0
         try:
-            if unstarted and beat.state not in ("dead", "evicted", "stopped"):
+            if unstarted and beat.state not in TERMINAL_STATES:
                 conn.execute(self.sql.unfetch, attempt_params(unstarted, pool_id))
-            if abandoned and beat.state not in ("dead", "evicted", "stopped"):
+            if abandoned and beat.state not in TERMINAL_STATES:
                 params = {**attempt_params(abandoned, pool_id), "reason": "interrupted: its "
                           "worker lost the database and cancelled it before its lease ran "
                           "out"}  # fmt: skip
@@ -1032,7 +1032,7 @@ class Worker:
             return
         if self.running:
             with contextlib.suppress(DatabaseUnavailableError, psycopg.Error):
-                await self._set_state("draining", self.exit_reason)
+                await self._set_state(PoolState.DRAINING, self.exit_reason)
             log.info("draining: waiting for %d running job(s)", len(self.running))
             jobs = [r.task for r in self.running.values() if r.task is not None]
 
