@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from fleet_worker.db import Schema
-from fleet_worker.migrate import evict_outdated_pools
+from fleet_worker.migrate import evict_outdated_pools, lock_migrations
 from fleet_worker.pools import declare_dead
 from workerfleet_operator import builders
 from workerfleet_operator.cache import ChildCache
@@ -163,7 +163,7 @@ def _database_action(fleet: Fleet, action: ReleasePools | EvictOutdated) -> str:
     def evict(conn: psycopg.Connection) -> list[str]:
         with conn.transaction():
             # The migration lock keeps this from interleaving with a running migration.
-            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
+            lock_migrations(conn, schema)
             return evict_outdated_pools(conn, schema, action.migration, threshold, action.reason)
 
     evicted = fleet.dbs.run(fleet.url, evict)

@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from fleet_worker.db import DatabaseUnavailableError, lease_live, live_params
+from fleet_worker.db import lease_live, live_params
+from fleet_worker.errors import DatabaseUnavailableError
 from workerfleet_operator.observe import Databases
 
 log = logging.getLogger("workerfleet_operator")

@@ -17,8 +17,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from fleet_worker import jobs_cli
-from fleet_worker.admin import AdminError
-from fleet_worker.db import DatabaseUnavailableError, Schema, connect
+from fleet_worker.db import Schema, connect
+from fleet_worker.errors import AdminError, DatabaseUnavailableError
 from workerfleet_operator import builders
 from workerfleet_operator.cache import ChildCache, SecretCache, api_lister, read_database_url
 from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus

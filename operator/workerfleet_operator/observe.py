@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 from kubernetes import client
 
-from fleet_worker.db import DatabaseUnavailableError, Schema, connect
+from fleet_worker.db import ReconnectingConnection, Schema
+from fleet_worker.errors import DatabaseUnavailableError
 from fleet_worker.migrate import applied_migrations
 from fleet_worker.pools import pools_report
 from fleet_worker.protocol import LEASES
@@ -209,7 +210,7 @@ class Databases:
     URLs stay in memory only: never logged, never written to status."""
 
     def __init__(self) -> None:
-        self._conns: dict[str, psycopg.Connection] = {}
+        self._conns: dict[str, ReconnectingConnection] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._ok_since: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -226,22 +227,12 @@ class Databases:
         with self._lock:
             lock = self._locks.setdefault(url, threading.Lock())
         with lock:
-            conn = self._conns.get(url)
-            if conn is None or conn.closed:
-                try:
-                    conn = connect(url, timeout=5)
-                except DatabaseUnavailableError:
-                    self._ok_since.pop(url, None)
-                    raise
-                self._conns[url] = conn
+            conn = self._conns.setdefault(url, ReconnectingConnection(url, timeout=5))
             try:
-                result = fn(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                self._conns.pop(url, None)
+                result = conn.run(fn)
+            except DatabaseUnavailableError:
                 self._ok_since.pop(url, None)
-                raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
+                raise
             self._ok_since.setdefault(url, time.monotonic())
             return result
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fleet_worker.catalog import Catalog, CatalogError
+from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
+from fleet_worker.errors import CatalogError, MigrationError
 from fleet_worker.exit_codes import ExitCode
-from fleet_worker.migrate import MigrationError, migrate
+from fleet_worker.migrate import migrate
 from fleet_worker.queue import JobSpec, add_job
 from tests.conftest import APPS_DIR
 from tests.helpers import FAST, WorkerProcess, q, wait_for

@@ -18,6 +18,7 @@ import pytest
 from fleet_worker import admin
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
+from fleet_worker.errors import AdminError
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.migrate import activate
 from fleet_worker.pools import PoolIdentity, register_pool
@@ -95,7 +96,7 @@ def test_admin_changes_spare_running_jobs_and_say_why(
     failed_by_hand = admin.fail_jobs(conn, schema, [waiting, running], "refunded by hand")
     assert failed_by_hand.changed == [waiting]
     assert admin.show_job(conn, schema, waiting)["last_error"] == "refunded by hand"  # type: ignore[index]
-    with pytest.raises(admin.AdminError, match="give a reason"):
+    with pytest.raises(AdminError, match="give a reason"):
         admin.fail_jobs(conn, schema, [waiting], " ")
 
     cancelled = admin.cancel_jobs(conn, schema, [waiting, failed, running])
@@ -123,7 +124,7 @@ def test_unlocking_a_live_pool_needs_force_and_fences_it(
     a, b = add_jobs(conn, [JobSpec("a"), JobSpec("b")], schema)
     pool = active_pool(conn, schema, fail_tasks=["b"])
     assert len(fetch(database_url, schema, pool)) == 2
-    with pytest.raises(admin.AdminError, match=r"is live .* pass --force"):
+    with pytest.raises(AdminError, match=r"is live .* pass --force"):
         admin.unlock_pool(conn, schema, pool, force=False, threshold_s=60)
     done = admin.unlock_pool(conn, schema, pool, force=True, threshold_s=60)
     assert done.declared_dead and done.released == 2
@@ -131,7 +132,7 @@ def test_unlocking_a_live_pool_needs_force_and_fences_it(
     # The fenced pool cannot fetch again; its charge-like task failed rather than rerun.
     assert states(conn, schema) == {a: "waiting", b: "failed"}
     assert fetch(database_url, schema, pool) == []
-    with pytest.raises(admin.AdminError, match="no pool"):
+    with pytest.raises(AdminError, match="no pool"):
         admin.unlock_pool(conn, schema, "00000000-0000-4000-8000-000000000000", force=True,
                           threshold_s=60)  # fmt: skip
 

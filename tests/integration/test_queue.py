@@ -11,11 +11,11 @@ import pytest
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
+from fleet_worker.errors import InvalidJobError
 from fleet_worker.pools import PoolIdentity, heartbeat, register_pool
 from fleet_worker.queue import (
     ANALYZE_BATCH_ROWS,
     FETCH_SESSION,
-    InvalidJobError,
     Job,
     JobSpec,
     QueueSQL,

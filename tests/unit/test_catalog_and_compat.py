@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_worker.app import App, OnOrphan
-from fleet_worker.catalog import Catalog, CatalogError, Migration, load_directory, parse_header
+from fleet_worker.catalog import Catalog, Migration, load_directory, parse_header
 from fleet_worker.compat import AppliedMigration, assess
-from fleet_worker.identifiers import InvalidIdentifierError, validate_schema_name
+from fleet_worker.errors import CatalogError, InvalidIdentifierError
+from fleet_worker.identifiers import validate_schema_name
 from fleet_worker.queue import backoff_seconds
 
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_worker.app import App, AppLoadError, load_app
-from fleet_worker.cron import CronEntry, CronError, Schedule, ticks
+from fleet_worker.app import App, load_app
+from fleet_worker.cron import CronEntry, Schedule, ticks
+from fleet_worker.errors import AppLoadError, CronError
 
 UTC_ZONE = ZoneInfo("UTC")
 T0 = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)

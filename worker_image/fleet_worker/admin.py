@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from fleet_worker.db import Schema, lease_live, live_params
+from fleet_worker.errors import AdminError
 from fleet_worker.pools import declare_dead
 from fleet_worker.protocol import TERMINAL_STATES, JobState
 from fleet_worker.recovery import release_pool_jobs
@@ -23,10 +24,6 @@ _LIST_COLUMNS = (
     "id", "state", "task_identifier", "queue_name", "priority", "run_at", "attempts",
     "max_attempts", "last_error", "key", "locked_by", "locked_at", "created_at", "payload",
 )  # fmt: skip
-
-
-class AdminError(ValueError):
-    """A request that cannot be carried out as asked; the message says what to do instead."""
 
 
 def list_jobs(

@@ -15,8 +15,9 @@ from typing import Any
 import pydantic
 
 from fleet_worker.catalog import Catalog
-from fleet_worker.cron import CronEntry, CronError
+from fleet_worker.cron import CronEntry
 from fleet_worker.durations import parse_duration
+from fleet_worker.errors import AppLoadError, CronError
 
 
 class JobCancelled(BaseException):
@@ -172,10 +173,6 @@ class App:
 
 def task_args(task: Task, payload: Any, ctx: JobContext) -> tuple[Any, ...]:
     return (payload, ctx) if task.wants_context else (payload,)
-
-
-class AppLoadError(ImportError):
-    pass
 
 
 def load_app(spec: str) -> App:

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet_worker.errors import CatalogError
+
 CORE_DIR = Path(__file__).parent / "migrations"
 SCHEMA_PLACEHOLDER = ":FLEET_SCHEMA"
 _FILENAME = re.compile(r"^(\d{1,6})(?:[_-][A-Za-z0-9_-]+)?\.sql$")
-
-
-class CatalogError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

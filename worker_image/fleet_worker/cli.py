@@ -17,25 +17,21 @@ from typing import Any, NoReturn
 import pydantic
 
 from fleet_worker import jobs_cli
-from fleet_worker.admin import AdminError
-from fleet_worker.app import App, AppLoadError, load_app
-from fleet_worker.catalog import Catalog, CatalogError
-from fleet_worker.db import DatabaseUnavailableError, Schema, connect
+from fleet_worker.app import App, load_app
+from fleet_worker.catalog import Catalog
+from fleet_worker.db import Schema, connect
 from fleet_worker.durations import format_duration, parse_duration
+from fleet_worker.errors import FleetWorkerError, UsageError
 from fleet_worker.exit_codes import ExitCode
-from fleet_worker.identifiers import DEFAULT_SCHEMA, InvalidIdentifierError
-from fleet_worker.migrate import MigrationError, migrate, plan
-from fleet_worker.queue import InvalidJobError, JobSpec, add_job
+from fleet_worker.identifiers import DEFAULT_SCHEMA
+from fleet_worker.migrate import migrate, plan
+from fleet_worker.queue import JobSpec, add_job
 from fleet_worker.recovery import unlock_orphans
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.status import status_report
 from fleet_worker.termination import write_termination_message
 
 log = logging.getLogger("fleet_worker")
-
-
-class UsageError(Exception):
-    pass
 
 
 class Terminated(BaseException):
@@ -372,17 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except Terminated as exc:
         return _fail(ExitCode.TERMINATED, f"stopped by {exc} before finishing; nothing half-done")
-    except (UsageError, InvalidIdentifierError, InvalidJobError, AppLoadError, AdminError) as exc:
-        return _fail(ExitCode.USAGE, str(exc))
+    except FleetWorkerError as exc:  # the one tree: fleet_worker/errors.py
+        return _fail(exc.exit_code, str(exc))
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         return _fail(ExitCode.USAGE, f"invalid settings: {problems}")
-    except (CatalogError, MigrationError) as exc:
-        return _fail(ExitCode.SCHEMA_ERROR, str(exc))
-    except DatabaseUnavailableError as exc:
-        return _fail(ExitCode.ERROR, str(exc))
 
 
 def _fail(code: ExitCode, message: str) -> int:

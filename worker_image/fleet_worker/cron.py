@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from fleet_worker.errors import CronError
+
 MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -32,10 +34,6 @@ MACROS = {
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 MINUTE = timedelta(minutes=1)
-
-
-class CronError(ValueError):
-    """A schedule that cannot be parsed; the message says which field and why."""
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import LiteralString
+import contextlib
+from collections.abc import Callable
+from typing import LiteralString, TypeVar
 
 import psycopg
 from psycopg import sql
 
+from fleet_worker.errors import DatabaseUnavailableError
 from fleet_worker.identifiers import DEFAULT_SCHEMA, schema_ident
 from fleet_worker.protocol import LIVE_STATES, TERMINAL_STATES
 
+T = TypeVar("T")
+
 __all__ = ["LIVE_STATES", "TERMINAL_STATES", "Schema", "connect", "connect_async", "lease_live"]
-
-
-class DatabaseUnavailableError(RuntimeError):
-    pass
 
 
 class Schema:
@@ -95,6 +96,44 @@ async def connect_async(url: str, *, timeout: float = 10) -> psycopg.AsyncConnec
         )
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _connect_error(exc) from exc
+
+
+class ReconnectingConnection:
+    """One sync connection to `url`, opened on first use and dropped after an error so that
+    the next use reconnects: a database restart costs one failed call. Errors of the
+    connection itself come out as DatabaseUnavailableError. `reset_on`: which other psycopg
+    errors also drop it (a failover's read-only error is one: a fresh connection through
+    the same URL reaches the new primary). One caller at a time: the owner serialises."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10,
+        reset_on: tuple[type[psycopg.Error], ...] = (),
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._reset_on = reset_on
+        self._conn: psycopg.Connection | None = None
+
+    def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._url, timeout=self._timeout)
+        try:
+            return fn(self._conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close()
+            raise DatabaseUnavailableError(first_line(exc)) from exc
+        except self._reset_on:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
 
 
 def first_line(exc: BaseException) -> str:

@@ -6,12 +6,10 @@ import re
 
 from psycopg import sql
 
+from fleet_worker.errors import InvalidIdentifierError
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 DEFAULT_SCHEMA = "fleet_worker"
-
-
-class InvalidIdentifierError(ValueError):
-    pass
 
 
 def validate_schema_name(name: str) -> str:

@@ -13,6 +13,7 @@ import psycopg
 from fleet_worker import admin
 from fleet_worker.db import Schema
 from fleet_worker.durations import parse_duration
+from fleet_worker.errors import AdminError
 from fleet_worker.protocol import JobState
 
 
@@ -82,9 +83,7 @@ def run(conn: psycopg.Connection, schema: Schema, args: argparse.Namespace) -> i
     if command == "show":
         job = admin.show_job(conn, schema, args.id)
         if job is None:
-            raise admin.AdminError(
-                f"no job {args.id} (never existed, or completed without history)"
-            )
+            raise AdminError(f"no job {args.id} (never existed, or completed without history)")
         print(json.dumps(job, default=str, indent=2))
         return 0
     if command == "unlock":
@@ -109,9 +108,9 @@ def _change(conn: psycopg.Connection, schema: Schema, args: argparse.Namespace) 
         try:
             run_at = datetime.fromisoformat(args.run_at)
         except ValueError as exc:
-            raise admin.AdminError(f"--run-at: {exc}") from exc
+            raise AdminError(f"--run-at: {exc}") from exc
         if run_at.tzinfo is None:
-            raise admin.AdminError("--run-at needs a time zone, e.g. 2026-01-01T12:00:00+00:00")
+            raise AdminError("--run-at needs a time zone, e.g. 2026-01-01T12:00:00+00:00")
     else:
         run_at = datetime.now(UTC) + timedelta(seconds=args.delay)
     return admin.reschedule_jobs(conn, schema, ids, run_at, priority=args.priority,

@@ -14,12 +14,9 @@ from psycopg import sql
 from fleet_worker.catalog import SCHEMA_PLACEHOLDER, Catalog, Migration
 from fleet_worker.compat import AppliedMigration, Assessment, assess
 from fleet_worker.db import Schema, first_line, lease_live, live_params
+from fleet_worker.errors import MigrationError
 from fleet_worker.protocol import LEASES, PoolState
 from fleet_worker.recovery import release_pool_jobs
-
-
-class MigrationError(RuntimeError):
-    pass
 
 
 def bootstrap(conn: psycopg.Connection, schema: Schema) -> None:
@@ -120,9 +117,7 @@ def activate(
     policy is recorded in the same statement, so it is in place before the first fetch
     (compatible means this release's core/0003 is applied)."""
     with conn.transaction():
-        conn.execute(
-            "select pg_advisory_xact_lock_shared(hashtext(%s))", [schema.lock_key("migrate")]
-        )
+        lock_migrations(conn, schema, shared=True)
         state = assess(catalog, applied_migrations(conn, schema))
         if state.compatible:
             conn.execute(
@@ -163,8 +158,15 @@ def declare_stale_outdated_dead(
     return dead
 
 
-def _lock(conn: psycopg.Connection, schema: Schema) -> None:
-    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
+def lock_migrations(conn: psycopg.Connection, schema: Schema, *, shared: bool = False) -> None:
+    """Inside the caller's transaction, the schema's migration lock: exclusive to migrate or
+    evict, shared to turn a pool active (which must not interleave with a migration)."""
+    if shared:
+        conn.execute(
+            "select pg_advisory_xact_lock_shared(hashtext(%s))", [schema.lock_key("migrate")]
+        )
+    else:
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [schema.lock_key("migrate")])
 
 
 def evict_outdated_pools(
@@ -216,7 +218,7 @@ def apply_one(
     outage's) also counts outdated pools whose lease expired as blocking, instead of
     declaring them dead."""
     with conn.transaction():
-        _lock(conn, schema)
+        lock_migrations(conn, schema)
         bootstrap(conn, schema)
         state = assess(catalog, applied_migrations(conn, schema))
         _raise_on_mismatch(state)

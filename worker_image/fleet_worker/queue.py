@@ -12,14 +12,11 @@ import psycopg
 from psycopg import sql
 
 from fleet_worker.db import Schema
+from fleet_worker.errors import InvalidJobError
 from fleet_worker.protocol import PoolState
 from fleet_worker.recovery import INTERRUPTED_ATTEMPT
 
 MAX_ERROR_LENGTH = 8000
-
-
-class InvalidJobError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

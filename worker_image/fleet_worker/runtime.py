@@ -44,13 +44,8 @@ from fleet_worker.app import (
 )
 from fleet_worker.catalog import Catalog
 from fleet_worker.compat import AppliedMigration, Assessment, assess
-from fleet_worker.db import (
-    DatabaseUnavailableError,
-    Schema,
-    connect,
-    connect_async,
-    first_line,
-)
+from fleet_worker.db import ReconnectingConnection, Schema, connect_async, first_line
+from fleet_worker.errors import DatabaseUnavailableError, MigrationError
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.health import Counters, HealthServer, Snapshot
 from fleet_worker.lease import Lease, lease_clock
@@ -115,42 +110,18 @@ class Maintenance:
     It reconnects lazily after an error so a database restart costs one failed beat."""
 
     def __init__(self, url: str, timeout: float, name: str = "maintenance") -> None:
-        self._url = url
-        self._timeout = timeout
-        self._conn: psycopg.Connection | None = None
+        # Any error drops the connection (a failover's read-only error, a dropped table):
+        # start afresh next time rather than reuse a connection in an unknown state.
+        self._conn = ReconnectingConnection(url, timeout=timeout, reset_on=(psycopg.Error,))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-
-    def _with_conn(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._url, timeout=self._timeout)
-        try:
-            return fn(self._conn)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._reset()
-            raise DatabaseUnavailableError(str(exc).strip().splitlines()[0]) from exc
-        except psycopg.Error:
-            # Anything else (a failover's read-only error, a dropped table): start afresh
-            # next time rather than reuse a connection in an unknown state.
-            self._reset()
-            raise
-
-    def _reset(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = None
 
     async def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._with_conn, fn)
+        return await loop.run_in_executor(self._thread, self._conn.run, fn)
 
     def close(self) -> None:
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
         with contextlib.suppress(Exception):
-            self._thread.submit(_close).result(timeout=5)
+            self._thread.submit(self._conn.close).result(timeout=5)
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
@@ -364,7 +335,7 @@ class Worker:
             except DatabaseUnavailableError as exc:
                 self.request_stop(ExitCode.ERROR, str(exc))
                 return False
-            except migrations.MigrationError as exc:
+            except MigrationError as exc:
                 self.request_stop(ExitCode.SCHEMA_ERROR, str(exc))
                 return False
             await self._sleep(self.settings.poll_interval)
@@ -459,7 +430,7 @@ class Worker:
                     continue
             except DatabaseUnavailableError as exc:
                 log.warning("database unavailable while checking the schema: %s", exc)
-            except migrations.MigrationError as exc:
+            except MigrationError as exc:
                 self.request_stop(ExitCode.SCHEMA_ERROR, str(exc))
                 return False
             except psycopg.Error as exc:
