@@ -32,7 +32,7 @@ from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.events import EventSender
 from workerfleet_operator.leader import LeaderElector, LeaseSettings
 from workerfleet_operator.metrics import METRICS
-from workerfleet_operator.models import GROUP, PLURAL, VERSION
+from workerfleet_operator.models import GROUP, PLURAL, VERSION, FleetPhase
 from workerfleet_operator.planner import NoAction, Plan
 from workerfleet_operator.ratelimit import BURST, RATE_PER_S, Backoff, TokenBucket
 from workerfleet_operator.reconcile import Clients, reconcile
@@ -47,7 +47,7 @@ RESYNC_S = float(os.environ.get("WORKERFLEET_RESYNC_INTERVAL", "30"))
 # The database URL is read from its Secret again after this long, or at once after the
 # database refused it.
 SECRET_TTL_S = float(os.environ.get("WORKERFLEET_SECRET_TTL", "300"))
-AT_REST = frozenset({"Ready", "Failed", "Paused"})
+AT_REST = frozenset({FleetPhase.READY, FleetPhase.FAILED, FleetPhase.PAUSED})
 # How long a deleted fleet waits for its pods to drain before its finalizer goes anyway.
 DRAIN_LIMIT_S = float(os.environ.get("WORKERFLEET_DRAIN_LIMIT", "600"))
 METRICS_PORT = int(os.environ.get("WORKERFLEET_METRICS_PORT", "9090"))

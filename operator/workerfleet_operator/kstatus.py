@@ -15,7 +15,7 @@ action-refused and invalid-spec paths) have set those, so they can never disagre
 
 from __future__ import annotations
 
-from workerfleet_operator.models import Condition, WorkerFleetStatus, condition_now
+from workerfleet_operator.models import Condition, FleetPhase, WorkerFleetStatus, condition_now
 
 # Progressing or Ready False for one of these: no reconcile can fix it; the spec, the
 # Secret, the image or the database must change.
@@ -29,7 +29,7 @@ STALLED_BY = frozenset(
         "ActionRefused",
     }
 )
-AT_SPEC_PHASES = frozenset({"Ready", "Paused"})
+AT_SPEC_PHASES = frozenset({FleetPhase.READY, FleetPhase.PAUSED})
 
 
 def _condition(status: WorkerFleetStatus, type_: str) -> Condition | None:
@@ -62,8 +62,8 @@ def with_kstatus(
         reconciling = ("False", "Stalled", message)
         stall = ("True", stalled, message)
     elif at_spec:
-        reconciling = ("False", status.phase or "Ready", message)
-        stall = ("False", status.phase or "Ready", message)
+        reconciling = ("False", status.phase or FleetPhase.READY, message)
+        stall = ("False", status.phase or FleetPhase.READY, message)
     else:
         reconciling = ("True", status.phase or "Reconciling", message)
         stall = ("False", "Progressing", message)

@@ -3,6 +3,7 @@ schema (`make crds` generates `crds/` from them) and for what the operator reads
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -226,6 +227,24 @@ ROLLOUT_VALIDATIONS = [
 ]
 
 
+class FleetPhase(StrEnum):
+    """A fleet's `status.phase`, one word for where its rollout is (docs/operator.md lists
+    them with their meaning; a unit test keeps the two equal)."""
+
+    PENDING = "Pending"  # not reconciled yet
+    SCALING = "Scaling"  # the replica count changes, the version does not
+    ROLLING_OUT = "RollingOut"  # pods of the new version replace the old, one at a time
+    MIGRATING = "Migrating"  # a migration Job applies the schema
+    WAITING_FOR_DRAIN = "WaitingForDrain"  # a breaking migration waits for old pools
+    AWAITING_APPROVAL = "AwaitingApproval"  # a breaking migration waits for the annotation
+    RECOVERING = "Recovering"  # the jobs of a pod that ended are being released
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"  # new pods keep exiting
+    PAUSED = "Paused"  # spec.paused: nothing changes
+    DEGRADED = "Degraded"  # new pods cannot start (image, config)
+    FAILED = "Failed"  # stalled: it will not get there without a human
+    READY = "Ready"  # every replica runs the target, the schema is up to date
+
+
 class Condition(Model):
     type: str
     status: Literal["True", "False", "Unknown"]
@@ -268,7 +287,7 @@ class SchemaStatus(Model):
 
 class WorkerFleetStatus(Model):
     observed_generation: int = 0
-    phase: str = "Pending"
+    phase: str = FleetPhase.PENDING
     message: str = ""
     current_version: str | None = None
     target_version: str | None = None

@@ -23,6 +23,7 @@ from fleet_worker.protocol import CORE_PROTOCOL, PoolState
 from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.models import (
     Condition,
+    FleetPhase,
     SchemaStatus,
     WorkerFleetSpec,
     WorkerFleetStatus,
@@ -376,7 +377,7 @@ class _Planner:
     def finish(
         self,
         action: Action,
-        phase: str,
+        phase: FleetPhase,
         message: str,
         *,
         progressing: tuple[str, str] | None = None,
@@ -466,13 +467,13 @@ class _Planner:
     def _errors(self) -> Plan | None:
         if self.obs.secret_error:
             msg = self.obs.secret_error
-            return self._blind(msg, "Failed", ("False", "SecretError"))
+            return self._blind(msg, FleetPhase.FAILED, ("False", "SecretError"))
         if self.obs.database_error:
             msg = f"cannot read pools from the database: {self.obs.database_error}"
-            return self._blind(msg, "Degraded", ("False", "DatabaseUnavailable"))
+            return self._blind(msg, FleetPhase.DEGRADED, ("False", "DatabaseUnavailable"))
         return None
 
-    def _blind(self, msg: str, phase: str, progressing: tuple[str, str]) -> Plan:
+    def _blind(self, msg: str, phase: FleetPhase, progressing: tuple[str, str]) -> Plan:
         """The database cannot be read: what it last said still holds as far as anyone
         knows (pools do not vanish because the operator lost its Secret), so keep it, and
         say it is the last known state rather than report zero pools and an unknown schema."""
@@ -497,7 +498,9 @@ class _Planner:
         ids = tuple(p.pool_id for p in ended)
         msg = f"releasing the jobs of {len(ids)} pool(s) whose container ended"
         self.event("Warning", "PoolsReleased", f"{msg}: {', '.join(ids)}")
-        return self.finish(ReleasePools(ids, "its container terminated"), "Recovering", msg)
+        return self.finish(
+            ReleasePools(ids, "its container terminated"), FleetPhase.RECOVERING, msg
+        )
 
     def _superseded_job(self) -> Plan | None:
         stale = [j for j in self.obs.jobs if j.active and j.revision != self.revision]
@@ -506,7 +509,7 @@ class _Planner:
         job = stale[0]
         msg = f"stopping migration Job {job.name}: the fleet's spec has changed since"
         self.event("Normal", "MigrationSuperseded", msg)
-        return self.finish(DeleteJob(job.name, "superseded"), "RollingOut", msg)
+        return self.finish(DeleteJob(job.name, "superseded"), FleetPhase.ROLLING_OUT, msg)
 
     def _refused_version(self) -> Plan | None:
         """A version the database has moved past (its pods would exit 57): refuse it."""
@@ -525,8 +528,8 @@ class _Planner:
         if self.new:
             victim = sorted(self.new, key=delete_order)[0]
             action: Action = DeletePod(victim.name, "its version is out of date")
-            return self.finish(action, "Failed", msg, progressing=refused)
-        return self.finish(NoAction(msg), "Failed", msg, progressing=refused)
+            return self.finish(action, FleetPhase.FAILED, msg, progressing=refused)
+        return self.finish(NoAction(msg), FleetPhase.FAILED, msg, progressing=refused)
 
     def _failed_migration(self) -> Plan | None:
         """A failed Job of this revision whose target is not applied, whatever the phase
@@ -543,11 +546,11 @@ class _Planner:
         if job is None:
             return None
         msg = f"migration Job {job.name} failed: {job.message or 'see its pod logs'}"
-        if self.previous.phase != "Failed":
+        if self.previous.phase != FleetPhase.FAILED:
             self.event("Warning", "MigrationFailed", msg)
         return self.finish(
             NoAction(msg),
-            "Failed",
+            FleetPhase.FAILED,
             msg,
             progressing=("False", "MigrationFailed"),
             schema=("False", "MigrationFailed", msg),
@@ -575,7 +578,7 @@ class _Planner:
             f"({pod.waiting_reason or 'restarting'}, exit code {pod.last_exit_code}, "
             f"{pod.restarts} restarts): {why}"
         )
-        return self._new_pods_failing(msg, "CrashLoopBackOff", "PodsCrashLooping")
+        return self._new_pods_failing(msg, FleetPhase.CRASH_LOOP_BACK_OFF, "PodsCrashLooping")
 
     def _cannot_start(self) -> Plan | None:
         """New pods whose container cannot even start (the image cannot be pulled, a Secret
@@ -588,9 +591,9 @@ class _Planner:
             f"pod {pod.name} of version {self.spec.version} cannot start: "
             f"{pod.waiting_reason}: {(pod.waiting_message or 'no message')[:300]}"
         )
-        return self._new_pods_failing(msg, "Degraded", "PodsCannotStart")
+        return self._new_pods_failing(msg, FleetPhase.DEGRADED, "PodsCannotStart")
 
-    def _new_pods_failing(self, msg: str, phase: str, reason: str) -> Plan:
+    def _new_pods_failing(self, msg: str, phase: FleetPhase, reason: str) -> Plan:
         """Wait, saying why in the status; the Warning Event only when the phase begins."""
         if self.previous.phase != phase:
             self.event("Warning", reason, msg)
@@ -601,7 +604,7 @@ class _Planner:
             return None
         return self.finish(
             NoAction("paused"),
-            "Paused",
+            FleetPhase.PAUSED,
             "spec.paused is true: nothing changes",
             progressing=("Unknown", "Paused"),
         )
@@ -636,13 +639,13 @@ class _Planner:
                 if installing is not None:
                     return self._blocked_job(installing) or self.finish(
                         NoAction("installing"),
-                        "Migrating",
+                        FleetPhase.MIGRATING,
                         f"installing the {CORE_PROTOCOL} protocol schema",
                     )
                 return self._migrate(CORE_PROTOCOL, breaking=False)
             return self._cannot_start() or self.finish(
                 NoAction("waiting for a new pod to register"),
-                "RollingOut",
+                FleetPhase.ROLLING_OUT,
                 f"waiting for a pod of version {spec.version} to register",
             )
         if not self.pending:
@@ -656,7 +659,7 @@ class _Planner:
                 return blocked
             msg = f"migration Job {running.name} is applying up to {running.target}"
             return self.finish(
-                NoAction("migration running"), "Migrating", msg,
+                NoAction("migration running"), FleetPhase.MIGRATING, msg,
                 schema=("False", "MigrationRunning", msg),
             )  # fmt: skip
         safe_prefix: list[MigrationInfo] = []
@@ -677,7 +680,7 @@ class _Planner:
         if _reason(self.previous, "MigrationsApplied") != "MigrationJobBlocked":
             self.event("Warning", "MigrationJobBlocked", msg)
         return self.finish(
-            NoAction(msg), "Migrating", msg,
+            NoAction(msg), FleetPhase.MIGRATING, msg,
             progressing=("False", "MigrationJobBlocked"),
             schema=("False", "MigrationJobBlocked", msg),
         )  # fmt: skip
@@ -686,12 +689,14 @@ class _Planner:
         if self._job(target=to, succeeded=True) is not None:
             # The Job finished but the database view predates it: look again, never rerun.
             return self.finish(
-                NoAction("refreshing"), "Migrating", f"migrations up to {to} applied; refreshing"
+                NoAction("refreshing"),
+                FleetPhase.MIGRATING,
+                f"migrations up to {to} applied; refreshing",
             )
         kind = "including breaking" if breaking else "safe"
         msg = f"applying {kind} migration(s) up to {to}"
         self.event("Normal", "MigrationStarted", msg)
-        return self.finish(RunMigration(to, breaking, msg), "Migrating", msg)
+        return self.finish(RunMigration(to, breaking, msg), FleetPhase.MIGRATING, msg)
 
     def _breaking(self, breaking: MigrationInfo) -> Plan:
         """New pods wait for the schema; old pods go one at a time; the migration runs when
@@ -705,26 +710,26 @@ class _Planner:
                 f"{name} {APPROVAL_ANNOTATION}={breaking.id}"
             )
             return self.finish(
-                NoAction("awaiting approval"), "AwaitingApproval", msg,
+                NoAction("awaiting approval"), FleetPhase.AWAITING_APPROVAL, msg,
                 schema=("False", "AwaitingApproval", msg),
             )  # fmt: skip
         if self.terminating:
             msg = f"waiting for pod {self.terminating[0].name} to drain"
             return self.finish(
-                NoAction("one old pod at a time"), "WaitingForDrain", msg, schema=waiting
+                NoAction("one old pod at a time"), FleetPhase.WAITING_FOR_DRAIN, msg, schema=waiting
             )
         if self._has_room and len(self.new) < spec.replicas:
             msg = f"starting pods of version {spec.version}; they wait for {breaking.id}"
             return self.finish(
-                CreatePod("new pods wait for the breaking migration"), "WaitingForDrain", msg,
-                schema=waiting,
+                CreatePod("new pods wait for the breaking migration"),
+                FleetPhase.WAITING_FOR_DRAIN, msg, schema=waiting,
             )  # fmt: skip
         if self.old:
             victim = sorted(self.old, key=delete_order)[0]
             msg = f"draining pod {victim.name} before {breaking.id}"
             return self.finish(
-                DeletePod(victim.name, f"drain before {breaking.id}"), "WaitingForDrain", msg,
-                schema=waiting,
+                DeletePod(victim.name, f"drain before {breaking.id}"),
+                FleetPhase.WAITING_FOR_DRAIN, msg, schema=waiting,
             )  # fmt: skip
         # Pools in a live state that lack the migration: either live (a wait, then maybe an
         # eviction) or silent (taken for ended). Both judgements need a trustworthy view;
@@ -741,7 +746,7 @@ class _Planner:
                 f"for {self.obs.database_ok_for_s:.0f}s (since it started or last failed)"
             )
             return self.finish(
-                NoAction("on probation after a database outage"), "WaitingForDrain", msg,
+                NoAction("on probation after a database outage"), FleetPhase.WAITING_FOR_DRAIN, msg,
                 schema=("False", "WaitingForDrain", msg),
             )  # fmt: skip
         blockers = [p for p in outdated if p.live]
@@ -778,14 +783,14 @@ class _Planner:
             self.event("Warning", "PoolsEvicted", msg)
             action = EvictOutdated(breaking.id, tuple(p.pool_id for p in blockers), msg)
             return self.finish(
-                action, "WaitingForDrain", msg, schema=("False", "ForcingMigration", msg)
+                action, FleetPhase.WAITING_FOR_DRAIN, msg, schema=("False", "ForcingMigration", msg)
             )
         msg = (
             f"{breaking.id} waits for {len(blockers)} live outdated pool(s): {names}; "
             f"forced in {max(0.0, limit - waited):.0f}s"
         )
         return self.finish(
-            NoAction("waiting for outdated pools"), "WaitingForDrain", msg,
+            NoAction("waiting for outdated pools"), FleetPhase.WAITING_FOR_DRAIN, msg,
             schema=("False", "WaitingForDrain", msg),
         )  # fmt: skip
 
@@ -800,7 +805,7 @@ class _Planner:
         """Create a pod within maxSurge or, with no surge left, remove one old pod first when
         maxUnavailable allows; None when neither is possible now."""
         if self._has_room:
-            return self.finish(create, "RollingOut", message)
+            return self.finish(create, FleetPhase.ROLLING_OUT, message)
         return self._delete_old()
 
     def _delete_old(self) -> Plan | None:
@@ -813,7 +818,7 @@ class _Planner:
             return None
         return self.finish(
             DeletePod(victim.name, "replaced by the new version"),
-            "RollingOut",
+            FleetPhase.ROLLING_OUT,
             f"replacing pod {victim.name}",
         )
 
@@ -826,7 +831,9 @@ class _Planner:
             if self.terminating or draining:
                 who = self.terminating[0].name if self.terminating else draining[0].pool_id
                 return self.finish(
-                    NoAction("one server at a time"), "RollingOut", f"waiting for {who} to stop"
+                    NoAction("one server at a time"),
+                    FleetPhase.ROLLING_OUT,
+                    f"waiting for {who} to stop",
                 )
             if len(new) < replicas:
                 msg = f"{len(new)}/{replicas} pods at version {spec.version}"
@@ -838,30 +845,32 @@ class _Planner:
             ready_new = sum(1 for p in new if p.ready)
             return self._cannot_start() or self.finish(
                 NoAction("waiting for new pods to be ready"),
-                "RollingOut",
+                FleetPhase.ROLLING_OUT,
                 f"{ready_new}/{replicas} new pods ready",
             )
         if len(pods) < replicas:
             if not self._has_room:
                 return self.finish(
-                    NoAction("a pod is stopping"), "Scaling", "waiting for a pod to stop"
+                    NoAction("a pod is stopping"), FleetPhase.SCALING, "waiting for a pod to stop"
                 )
-            return self.finish(CreatePod("scale up"), "Scaling", f"{len(pods)}/{replicas} pods")
+            return self.finish(
+                CreatePod("scale up"), FleetPhase.SCALING, f"{len(pods)}/{replicas} pods"
+            )
         if len(pods) > replicas:
             if self.terminating:
                 return self.finish(
-                    NoAction("one at a time"), "Scaling", "waiting for a pod to stop"
+                    NoAction("one at a time"), FleetPhase.SCALING, "waiting for a pod to stop"
                 )
             victim = sorted(pods, key=delete_order)[0]
             return self.finish(
                 DeletePod(victim.name, "scale down"),
-                "Scaling",
+                FleetPhase.SCALING,
                 f"{len(pods)}/{replicas} pods: removing {victim.name}",
             )
         if self.terminating or not all(p.ready for p in pods):
             return self._cannot_start() or self.finish(
                 NoAction("waiting for readiness"),
-                "RollingOut",
+                FleetPhase.ROLLING_OUT,
                 f"{len(self.ready)}/{replicas} pods ready",
             )
         if replicas == 0:
@@ -872,9 +881,13 @@ class _Planner:
                 if queue is not None and queue.runnable
                 else ""
             )
-            return self.finish(NoAction("scaled to zero"), "Ready", f"scaled to zero{backlog}")
+            return self.finish(
+                NoAction("scaled to zero"), FleetPhase.READY, f"scaled to zero{backlog}"
+            )
         return self.finish(
-            NoAction("up to date"), "Ready", f"{replicas} pod(s) of version {spec.version} ready"
+            NoAction("up to date"),
+            FleetPhase.READY,
+            f"{replicas} pod(s) of version {spec.version} ready",
         )
 
 
@@ -892,7 +905,7 @@ def action_refused(
     Progressing False with reason ActionRefused, until a reconcile's action succeeds."""
     message = f"the API server refused to {what}: {why}"
     out = status.model_copy(deep=True)
-    out.phase, out.message = "Failed", message
+    out.phase, out.message = FleetPhase.FAILED, message
 
     def refused(c: Condition) -> Condition:
         if c.type not in ("Ready", "Progressing"):

@@ -22,7 +22,7 @@ from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.events import EventRecorder, EventSender, EventSink
 from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.metrics import METRICS
-from workerfleet_operator.models import Condition, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.models import Condition, FleetPhase, WorkerFleetSpec, WorkerFleetStatus
 from workerfleet_operator.observe import Databases, observe
 from workerfleet_operator.planner import (
     Action,
@@ -106,7 +106,7 @@ def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> Wor
     now = iso(datetime.now(UTC))
     status = WorkerFleetStatus(
         observed_generation=generation,
-        phase="Failed",
+        phase=FleetPhase.FAILED,
         message=message,
         conditions=[
             Condition(
