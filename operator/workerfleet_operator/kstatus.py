@@ -15,18 +15,24 @@ action-refused and invalid-spec paths) have set those, so they can never disagre
 
 from __future__ import annotations
 
-from workerfleet_operator.models import Condition, FleetPhase, WorkerFleetStatus, condition_now
+from workerfleet_operator.models import (
+    Condition,
+    FleetPhase,
+    Reason,
+    WorkerFleetStatus,
+    condition_now,
+)
 
 # Progressing or Ready False for one of these: no reconcile can fix it; the spec, the
 # Secret, the image or the database must change.
 STALLED_BY = frozenset(
     {
-        "ProgressDeadlineExceeded",
-        "RollbackRefused",
-        "MigrationFailed",
-        "SecretError",
-        "InvalidSpec",
-        "ActionRefused",
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+        Reason.ROLLBACK_REFUSED,
+        Reason.MIGRATION_FAILED,
+        Reason.SECRET_ERROR,
+        Reason.INVALID_SPEC,
+        Reason.ACTION_REFUSED,
     }
 )
 AT_SPEC_PHASES = frozenset({FleetPhase.READY, FleetPhase.PAUSED})

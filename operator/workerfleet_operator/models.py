@@ -245,6 +245,33 @@ class FleetPhase(StrEnum):
     READY = "Ready"  # every replica runs the target, the schema is up to date
 
 
+class Reason(StrEnum):
+    """The reasons on the operator's conditions (docs/operator.md, Conditions). A condition
+    away from its goal because of where the rollout is carries the FleetPhase instead."""
+
+    ROLLOUT_COMPLETE = "RolloutComplete"  # Ready
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"  # Available
+    MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
+    NEW_REVISION_AVAILABLE = "NewRevisionAvailable"  # Progressing
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    PAUSED = "Paused"
+    UP_TO_DATE = "UpToDate"  # MigrationsApplied
+    PENDING = "Pending"
+    CATALOG_UNKNOWN = "CatalogUnknown"
+    MIGRATION_RUNNING = "MigrationRunning"
+    MIGRATION_JOB_BLOCKED = "MigrationJobBlocked"
+    MIGRATION_FAILED = "MigrationFailed"
+    FORCING_MIGRATION = "ForcingMigration"
+    WAITING_FOR_DRAIN = "WaitingForDrain"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    ROLLBACK_REFUSED = "RollbackRefused"  # what stalls a fleet, or hides its state
+    SECRET_ERROR = "SecretError"  # noqa: S105 - a condition reason, not a secret
+    DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+    INVALID_SPEC = "InvalidSpec"
+    ACTION_REFUSED = "ActionRefused"
+
+
 class Condition(Model):
     type: str
     status: Literal["True", "False", "Unknown"]

@@ -24,6 +24,7 @@ from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.models import (
     Condition,
     FleetPhase,
+    Reason,
     SchemaStatus,
     WorkerFleetSpec,
     WorkerFleetStatus,
@@ -380,13 +381,13 @@ class _Planner:
         phase: FleetPhase,
         message: str,
         *,
-        progressing: tuple[str, str] | None = None,
-        schema: tuple[str, str, str] | None = None,
+        progressing: tuple[str, Reason] | None = None,
+        schema: tuple[str, Reason, str] | None = None,
     ) -> Plan:
         self.status.phase, self.status.message = phase, message
         conditions: list[Condition] = []
 
-        def put(type_: str, status: str, reason: str, msg: str) -> None:
+        def put(type_: str, status: str, reason: Reason | FleetPhase, msg: str) -> None:
             conditions.append(
                 condition_now(
                     type_, status, reason, msg, previous=self.previous.conditions,
@@ -399,7 +400,7 @@ class _Planner:
             put(
                 "Ready",
                 "True",
-                "RolloutComplete",
+                Reason.ROLLOUT_COMPLETE,
                 f"{spec.replicas} pod(s) of version {spec.version} ready; schema up to date",
             )
         else:
@@ -409,7 +410,9 @@ class _Planner:
         put(
             "Available",
             "True" if have >= needed else "False",
-            "MinimumReplicasAvailable" if have >= needed else "MinimumReplicasUnavailable",
+            Reason.MINIMUM_REPLICAS_AVAILABLE
+            if have >= needed
+            else Reason.MINIMUM_REPLICAS_UNAVAILABLE,
             f"{have} ready pod(s), {needed} needed",
         )
         if progressing is None:
@@ -427,24 +430,28 @@ class _Planner:
         )
         return Plan(action, self.status, self.events)
 
-    def _progressing(self) -> tuple[str, str]:
+    def _progressing(self) -> tuple[str, Reason]:
         if self.done:
-            return ("True", "NewRevisionAvailable")
+            return ("True", Reason.NEW_REVISION_AVAILABLE)
         started = parse_iso(self.status.rollout_started_at)
         deadline = timedelta(seconds=self.spec.rollout.progress_deadline_seconds)
         if started is not None and self.now - started > deadline:
-            return ("False", "ProgressDeadlineExceeded")
-        return ("True", "RolloutInProgress")
+            return ("False", Reason.PROGRESS_DEADLINE_EXCEEDED)
+        return ("True", Reason.ROLLOUT_IN_PROGRESS)
 
-    def _schema_condition(self) -> tuple[str, str, str]:
+    def _schema_condition(self) -> tuple[str, Reason, str]:
         if self.target is None:
-            return ("Unknown", "CatalogUnknown", "no pool of the target version registered yet")
+            return (
+                "Unknown",
+                Reason.CATALOG_UNKNOWN,
+                "no pool of the target version registered yet",
+            )
         if self.pending:
             kinds = ", ".join(
                 f"{m.id} ({'breaking' if m.breaking else 'safe'})" for m in self.pending
             )
-            return ("False", "Pending", f"pending: {kinds}")
-        return ("True", "UpToDate", f"{len(self.target)} migration(s) applied")
+            return ("False", Reason.PENDING, f"pending: {kinds}")
+        return ("True", Reason.UP_TO_DATE, f"{len(self.target)} migration(s) applied")
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
@@ -467,13 +474,13 @@ class _Planner:
     def _errors(self) -> Plan | None:
         if self.obs.secret_error:
             msg = self.obs.secret_error
-            return self._blind(msg, FleetPhase.FAILED, ("False", "SecretError"))
+            return self._blind(msg, FleetPhase.FAILED, ("False", Reason.SECRET_ERROR))
         if self.obs.database_error:
             msg = f"cannot read pools from the database: {self.obs.database_error}"
-            return self._blind(msg, FleetPhase.DEGRADED, ("False", "DatabaseUnavailable"))
+            return self._blind(msg, FleetPhase.DEGRADED, ("False", Reason.DATABASE_UNAVAILABLE))
         return None
 
-    def _blind(self, msg: str, phase: FleetPhase, progressing: tuple[str, str]) -> Plan:
+    def _blind(self, msg: str, phase: FleetPhase, progressing: tuple[str, Reason]) -> Plan:
         """The database cannot be read: what it last said still holds as far as anyone
         knows (pools do not vanish because the operator lost its Secret), so keep it, and
         say it is the last known state rather than report zero pools and an unknown schema."""
@@ -485,10 +492,11 @@ class _Planner:
         self.status.queue_runnable = last.queue_runnable
         self.status.queue_oldest_age_seconds = last.queue_oldest_age_seconds
         known = next((c for c in last.conditions if c.type == "MigrationsApplied"), None)
-        schema: tuple[str, str, str] | None = None
-        if known is not None:
+        schema: tuple[str, Reason, str] | None = None
+        # A reason this release does not write (an older operator's) is not carried over.
+        if known is not None and known.reason in set(Reason):
             note = known.message.removesuffix(" (last known)")
-            schema = (known.status, known.reason, f"{note} (last known)")
+            schema = (known.status, Reason(known.reason), f"{note} (last known)")
         return self.finish(NoAction(msg), phase, msg, progressing=progressing, schema=schema)
 
     def _recovery(self) -> Plan | None:
@@ -522,9 +530,9 @@ class _Planner:
             f"version {self.spec.version} cannot run: the database already holds {which}, "
             "which it does not know; set a newer version"
         )
-        if _reason(self.previous, "Progressing") != "RollbackRefused":
+        if _reason(self.previous, "Progressing") != Reason.ROLLBACK_REFUSED:
             self.event("Warning", "RollbackRefused", msg)
-        refused = ("False", "RollbackRefused")
+        refused = ("False", Reason.ROLLBACK_REFUSED)
         if self.new:
             victim = sorted(self.new, key=delete_order)[0]
             action: Action = DeletePod(victim.name, "its version is out of date")
@@ -552,8 +560,8 @@ class _Planner:
             NoAction(msg),
             FleetPhase.FAILED,
             msg,
-            progressing=("False", "MigrationFailed"),
-            schema=("False", "MigrationFailed", msg),
+            progressing=("False", Reason.MIGRATION_FAILED),
+            schema=("False", Reason.MIGRATION_FAILED, msg),
         )
 
     def _crash_looping(self) -> Plan | None:
@@ -606,7 +614,7 @@ class _Planner:
             NoAction("paused"),
             FleetPhase.PAUSED,
             "spec.paused is true: nothing changes",
-            progressing=("Unknown", "Paused"),
+            progressing=("Unknown", Reason.PAUSED),
         )
 
     def _job(
@@ -660,7 +668,7 @@ class _Planner:
             msg = f"migration Job {running.name} is applying up to {running.target}"
             return self.finish(
                 NoAction("migration running"), FleetPhase.MIGRATING, msg,
-                schema=("False", "MigrationRunning", msg),
+                schema=("False", Reason.MIGRATION_RUNNING, msg),
             )  # fmt: skip
         safe_prefix: list[MigrationInfo] = []
         for m in self.pending:
@@ -677,12 +685,12 @@ class _Planner:
         if not job.blocked:
             return None
         msg = f"migration Job {job.name} cannot start: {job.blocked}"
-        if _reason(self.previous, "MigrationsApplied") != "MigrationJobBlocked":
+        if _reason(self.previous, "MigrationsApplied") != Reason.MIGRATION_JOB_BLOCKED:
             self.event("Warning", "MigrationJobBlocked", msg)
         return self.finish(
             NoAction(msg), FleetPhase.MIGRATING, msg,
-            progressing=("False", "MigrationJobBlocked"),
-            schema=("False", "MigrationJobBlocked", msg),
+            progressing=("False", Reason.MIGRATION_JOB_BLOCKED),
+            schema=("False", Reason.MIGRATION_JOB_BLOCKED, msg),
         )  # fmt: skip
 
     def _migrate(self, to: str, *, breaking: bool) -> Plan:
@@ -702,7 +710,7 @@ class _Planner:
         """New pods wait for the schema; old pods go one at a time; the migration runs when
         no live pool lacking it remains, or after maxMigrationWaitTime by eviction."""
         spec, name = self.spec, self.name
-        waiting = ("False", "WaitingForDrain", f"{breaking.id} waits for old pods to drain")
+        waiting = ("False", Reason.WAITING_FOR_DRAIN, f"{breaking.id} waits for old pods to drain")
         manual = spec.rollout.breaking_migration_approval == "Manual"
         if manual and self.obs.approved_migration != breaking.id:
             msg = (
@@ -711,7 +719,7 @@ class _Planner:
             )
             return self.finish(
                 NoAction("awaiting approval"), FleetPhase.AWAITING_APPROVAL, msg,
-                schema=("False", "AwaitingApproval", msg),
+                schema=("False", Reason.AWAITING_APPROVAL, msg),
             )  # fmt: skip
         if self.terminating:
             msg = f"waiting for pod {self.terminating[0].name} to drain"
@@ -747,7 +755,7 @@ class _Planner:
             )
             return self.finish(
                 NoAction("on probation after a database outage"), FleetPhase.WAITING_FOR_DRAIN, msg,
-                schema=("False", "WaitingForDrain", msg),
+                schema=("False", Reason.WAITING_FOR_DRAIN, msg),
             )  # fmt: skip
         blockers = [p for p in outdated if p.live]
         if not blockers:
@@ -783,7 +791,10 @@ class _Planner:
             self.event("Warning", "PoolsEvicted", msg)
             action = EvictOutdated(breaking.id, tuple(p.pool_id for p in blockers), msg)
             return self.finish(
-                action, FleetPhase.WAITING_FOR_DRAIN, msg, schema=("False", "ForcingMigration", msg)
+                action,
+                FleetPhase.WAITING_FOR_DRAIN,
+                msg,
+                schema=("False", Reason.FORCING_MIGRATION, msg),
             )
         msg = (
             f"{breaking.id} waits for {len(blockers)} live outdated pool(s): {names}; "
@@ -791,7 +802,7 @@ class _Planner:
         )
         return self.finish(
             NoAction("waiting for outdated pools"), FleetPhase.WAITING_FOR_DRAIN, msg,
-            schema=("False", "WaitingForDrain", msg),
+            schema=("False", Reason.WAITING_FOR_DRAIN, msg),
         )  # fmt: skip
 
     @property
@@ -911,7 +922,7 @@ def action_refused(
         if c.type not in ("Ready", "Progressing"):
             return c
         return condition_now(
-            c.type, "False", "ActionRefused", message, previous=previous.conditions,
+            c.type, "False", Reason.ACTION_REFUSED, message, previous=previous.conditions,
             generation=generation, now=iso(now),
         )  # fmt: skip
 

@@ -22,7 +22,13 @@ from workerfleet_operator.dbwatch import DatabaseWatch
 from workerfleet_operator.events import EventRecorder, EventSender, EventSink
 from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.metrics import METRICS
-from workerfleet_operator.models import Condition, FleetPhase, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.models import (
+    Condition,
+    FleetPhase,
+    Reason,
+    WorkerFleetSpec,
+    WorkerFleetStatus,
+)
 from workerfleet_operator.observe import Databases, observe
 from workerfleet_operator.planner import (
     Action,
@@ -112,7 +118,7 @@ def invalid_spec_status(generation: int, error: pydantic.ValidationError) -> Wor
             Condition(
                 type=t,
                 status="False",
-                reason="InvalidSpec",
+                reason=Reason.INVALID_SPEC,
                 message=message,
                 observed_generation=generation,
                 last_transition_time=now,

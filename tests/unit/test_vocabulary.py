@@ -1,5 +1,6 @@
-"""The operator's words for a fleet's phase are one enum (models.FleetPhase), which the
-planner's type forces every status through; the docs list exactly its members."""
+"""The operator's words for a fleet's phase and for its conditions' reasons are enums
+(models.FleetPhase, models.Reason); the planner's types force every status through them, and
+docs/operator.md lists exactly their members."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from workerfleet_operator.handlers import AT_REST
 from workerfleet_operator.kstatus import AT_SPEC_PHASES
-from workerfleet_operator.models import FleetPhase
+from workerfleet_operator.models import FleetPhase, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,3 +24,14 @@ def test_the_docs_list_exactly_the_phases() -> None:
 
 def test_the_phases_at_rest_are_phases() -> None:
     assert AT_SPEC_PHASES <= AT_REST <= set(FleetPhase)
+
+
+def test_the_conditions_table_names_exactly_the_reasons() -> None:
+    text = (ROOT / "docs/operator.md").read_text()
+    rows = re.findall(r"^\| `(Ready|Available|Progressing|MigrationsApplied|Reconciling|Stalled)`"
+                      r" \|(.+)$", text, re.M)  # fmt: skip
+    assert len(rows) == 6
+    named = {w for _, row in rows for w in re.findall(r"`([A-Z][A-Za-z]+)`", row)}
+    conditions = {t for t, _ in rows}
+    assert {r.value for r in Reason} <= named
+    assert named <= {r.value for r in Reason} | {p.value for p in FleetPhase} | conditions
