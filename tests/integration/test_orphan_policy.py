@@ -140,6 +140,7 @@ def test_a_killed_worker_s_charge_is_failed_and_its_other_work_runs_again(
         conn, [JobSpec("charge", {"s": 30}), JobSpec("span_cooperative", {"s": 30})], s
     )
     victim = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+    rescuer: WorkerProcess | None = None
     try:
         wait_for(lambda: len(spans(conn, schema_name)) == 2, what="both jobs started")
         kill(victim)
@@ -149,7 +150,9 @@ def test_a_killed_worker_s_charge_is_failed_and_its_other_work_runs_again(
         rescuer.signal(signal.SIGTERM)
         assert rescuer.wait() == ExitCode.OK
     finally:
-        victim.stop()
+        for w in (victim, rescuer):
+            if w is not None:
+                w.stop()
     runs = [job for job, _, _ in spans(conn, schema_name)]
     assert sorted(runs) == sorted([charge, other, other])  # the charge never ran again
     locked, attempts, max_attempts, error = job_rows(conn, schema_name)[charge]

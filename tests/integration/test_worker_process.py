@@ -61,6 +61,7 @@ def test_sigkill_mid_job_the_job_runs_again_after_the_threshold(
     s = install(conn, schema_name)
     ids = add_jobs(conn, [JobSpec("work", {"sleep": 30}) for _ in range(3)], s)
     victim = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
+    rescuer: WorkerProcess | None = None
     try:
         wait_for(lambda: len(ledger(conn, schema_name)) == 3, what="jobs started")
         [dead_pool] = active_pools(conn, schema_name)
@@ -72,7 +73,9 @@ def test_sigkill_mid_job_the_job_runs_again_after_the_threshold(
         rescuer.signal(signal.SIGTERM)
         assert rescuer.wait() == ExitCode.OK
     finally:
-        victim.stop()
+        for w in (victim, rescuer):  # a failed wait must not leave a worker running
+            if w is not None:
+                w.stop()
     runs = ledger(conn, schema_name)
     assert sorted(runs) == sorted(ids * 2)  # each job: the killed attempt, then the rerun
     assert pool_states(conn, schema_name)[dead_pool] == "dead"
