@@ -22,7 +22,7 @@ from fleet_worker.pools import pools_report
 from fleet_worker.protocol import LEASES
 from workerfleet_operator.builders import ANNOTATION_TARGET, CONTAINER, LABEL_REVISION
 from workerfleet_operator.cache import ChildCache, SecretCache
-from workerfleet_operator.models import GROUP, FleetPhase, WorkerFleetSpec
+from workerfleet_operator.models import GROUP, WorkerFleetSpec
 from workerfleet_operator.observation import (
     JobInfo,
     MigrationInfo,
@@ -68,7 +68,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         revision=(meta.get("labels") or {}).get(LABEL_REVISION, ""),
         version=(meta.get("annotations") or {}).get(f"{GROUP}/version", ""),
         created_at=_dt(meta.get("creationTimestamp")) or datetime.now(UTC),
-        phase=status.get("phase") or FleetPhase.PENDING,
+        phase=status.get("phase") or "Pending",
         ready=ready,
         terminating=meta.get("deletionTimestamp") is not None,
         restarts=restarts,

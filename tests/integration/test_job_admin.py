@@ -24,6 +24,7 @@ from fleet_worker.migrate import activate
 from fleet_worker.pools import PoolIdentity, register_pool
 from fleet_worker.protocol import JobState
 from fleet_worker.queue import JobSpec, add_jobs
+from fleet_worker.recovery import sweep
 from fleet_worker.retention import prune_history
 from tests.helpers import FAST, WorkerProcess, q, wait_for
 from tests.integration.test_queue import fail, fetch
@@ -127,11 +128,18 @@ def test_unlocking_a_live_pool_needs_force_and_fences_it(
     with pytest.raises(AdminError, match=r"is live .* pass --force"):
         admin.unlock_pool(conn, schema, pool, force=False, threshold_s=60)
     done = admin.unlock_pool(conn, schema, pool, force=True, threshold_s=60)
-    assert done.declared_dead and done.released == 2
+    assert done.declared_dead and (done.released, done.held) == (0, 2)
     assert q(conn, schema.name, "select state from {s}.pools") == [("dead",)]
-    # The fenced pool cannot fetch again; its charge-like task failed rather than rerun.
-    assert states(conn, schema) == {a: "waiting", b: "failed"}
+    # Fenced: it cannot fetch again; but it may still run its jobs until it sees its state,
+    # so they are not handed out while its lease holds, not even by a sweep.
     assert fetch(database_url, schema, pool) == []
+    assert sweep(conn, schema, 60).ran
+    assert states(conn, schema) == {a: "running", b: "running"}
+    # Its lease ran out: the sweep gives them back, the charge-like task failed, not rerun.
+    q(conn, schema.name, "update {s}.pools set heartbeat_at = now() - interval '2 minutes' "
+      "returning 1")  # fmt: skip
+    assert sweep(conn, schema, 60).released_jobs == 2
+    assert states(conn, schema) == {a: "waiting", b: "failed"}
     with pytest.raises(AdminError, match="no pool"):
         admin.unlock_pool(conn, schema, "00000000-0000-4000-8000-000000000000", force=True,
                           threshold_s=60)  # fmt: skip

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from fleet_worker.cron import CronEntry, ticks
 from fleet_worker.db import Schema
@@ -63,6 +65,10 @@ def test_concurrent_checkers_enqueue_each_tick_once(
         t.join()
     assert errors == []
     end = START + timedelta(seconds=max(range(0, 2 * 3600, 97)) + 89)
+    # A checker that found the row taken skipped it (the holder handled those ticks); the
+    # last ticks fall to the next check, as they would a minute later.
+    enqueued.extend(f"cron:{e.entry}:{e.tick:%Y-%m-%dT%H:%MZ}"
+                    for e in enqueue_due(conn, schema, entries, now=end))  # fmt: skip
     got = keys(conn, schema.name)
     expected = sorted(e.job_key(t) for e in entries for t in ticks(e.schedule, e.zone, START, end))
     assert len(expected) > 120 and got == expected and sorted(enqueued) == expected
@@ -114,3 +120,23 @@ def test_workers_of_one_fleet_enqueue_each_minute_once_and_a_restart_adds_none(
     ticks = [tick for _, tick in logged]
     assert ticks and len(ticks) == len(set(ticks))  # each tick enqueued by one worker, once
     assert sorted(ledger(conn, schema_name)) == sorted(int(job) for job, _ in logged)
+
+
+def test_a_pool_stalled_mid_check_does_not_stall_the_others(
+    conn: psycopg.Connection, schema: Schema, database_url: str
+) -> None:
+    """Its row lock is skipped, not waited for: the others' checks return at once (and the
+    stalled pool's own check, when it commits, handles those ticks)."""
+    minutely = entry("minutely")
+    enqueue_due(conn, schema, [minutely], now=START)
+    with psycopg.connect(database_url) as stalled:  # a transaction left open mid-check
+        stalled.execute(
+            sql.SQL("select 1 from {}.cron_entries for update").format(sql.Identifier(schema.name))
+        )
+        started = time.monotonic()
+        assert enqueue_due(conn, schema, [minutely], now=START + timedelta(minutes=1)) == []
+        assert time.monotonic() - started < 2
+    [tick] = [
+        e.tick for e in enqueue_due(conn, schema, [minutely], now=START + timedelta(minutes=1))
+    ]
+    assert tick == START.replace(second=0) + timedelta(minutes=1)

@@ -193,15 +193,18 @@ def fail_jobs(conn: psycopg.Connection, schema: Schema, ids: Sequence[int], reas
 class Unlocked:
     pool_id: str
     declared_dead: bool  # the pool was live-state and is now dead (fenced)
-    released: int
+    released: int  # jobs given back now
+    held: int  # jobs left for the sweep, once the fenced pool's lease has run out
 
 
 def unlock_pool(
     conn: psycopg.Connection, schema: Schema, pool_id: str, *, force: bool, threshold_s: float
 ) -> Unlocked:
     """Give back every job a pool holds. A pool whose lease is still live is running them:
-    refused unless `force`, which declares it dead first (it stops fetching, its late
-    results are rejected, and it exits 58 at its next heartbeat), so no job runs twice."""
+    refused unless `force`, which declares it dead (it fetches nothing more, its late
+    results are rejected, it exits 58 at its next heartbeat) and leaves its jobs to the
+    sweep, which releases them once its lease has run out: never while it may still run
+    them. A pool whose lease already ran out, or a terminal one, is released now."""
     row = conn.execute(
         schema.q("select p.state, ")
         + lease_live()
@@ -217,13 +220,18 @@ def unlock_pool(
             "running its jobs. Stop its pod or process, or pass --force to declare it dead "
             "(it is fenced off; its jobs run again elsewhere, or fail by their orphan policy)"
         )
+    reason = "declared dead by hand (fleet-worker jobs unlock)"
+    if live:
+        dead = declare_dead(conn, schema, [pool_id], reason, release=False)
+        return Unlocked(pool_id, bool(dead), 0, _held(conn, schema, pool_id))
     if state in TERMINAL_STATES:
         with conn.transaction():
             released = release_pool_jobs(conn, schema, [pool_id], "released: unlocked by hand")
-        return Unlocked(pool_id, False, released)
-    before = _held(conn, schema, pool_id)
-    dead = declare_dead(conn, schema, [pool_id], "declared dead by hand (fleet-worker jobs unlock)")
-    return Unlocked(pool_id, bool(dead), before)
+        return Unlocked(pool_id, False, released, 0)
+    # Live state but silent past its lease: what the sweep would do, now.
+    held = _held(conn, schema, pool_id)
+    dead = declare_dead(conn, schema, [pool_id], reason)
+    return Unlocked(pool_id, bool(dead), held, 0)
 
 
 def _held(conn: psycopg.Connection, schema: Schema, pool_id: str) -> int:

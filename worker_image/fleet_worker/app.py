@@ -17,7 +17,7 @@ import pydantic
 from fleet_worker.catalog import Catalog
 from fleet_worker.cron import CronEntry
 from fleet_worker.durations import parse_duration
-from fleet_worker.errors import AppLoadError, CronError
+from fleet_worker.errors import AppDefinitionError, AppLoadError, CronError
 
 
 class JobCancelled(BaseException):
@@ -106,15 +106,19 @@ class App:
             policy = OnOrphan(on_orphan)
         except ValueError:
             choices = ", ".join(repr(p.value) for p in OnOrphan)
-            raise ValueError(f"on_orphan must be one of {choices}, not {on_orphan!r}") from None
+            raise AppDefinitionError(
+                f"on_orphan must be one of {choices}, not {on_orphan!r}"
+            ) from None
 
         def register(fn: TaskFn) -> TaskFn:
             task_name = name or fn.__name__
             if task_name in self.tasks:
-                raise ValueError(f"task {task_name!r} registered twice")
+                raise AppDefinitionError(f"task {task_name!r} registered twice")
             params = len(inspect.signature(fn).parameters)
             if params not in (1, 2):
-                raise TypeError(f"task {task_name!r} must take (payload) or (payload, ctx)")
+                raise AppDefinitionError(
+                    f"task {task_name!r} must take (payload) or (payload, ctx)"
+                )
             self.tasks[task_name] = Task(
                 name=task_name,
                 fn=fn,
@@ -144,12 +148,16 @@ class App:
         the wall clock of `timezone` (required: an IANA name such as "UTC"). Exactly one job
         per tick, whichever and however many workers run; `backfill` ("0s" up to "168h", e.g.
         "1h") enqueues the ticks missed while no worker ran, that far back."""
+        try:
+            backfill_s = parse_duration(backfill)
+        except ValueError as exc:
+            raise CronError(f"cron entry {name or task!r}: backfill: {exc}") from None
         entry = CronEntry.build(
-            schedule, task, name=name, timezone=timezone, backfill_s=parse_duration(backfill),
+            schedule, task, name=name, timezone=timezone, backfill_s=backfill_s,
             payload=payload, queue=queue, priority=priority, max_attempts=max_attempts,
         )  # fmt: skip
         if any(e.name == entry.name for e in self.crontab):
-            raise ValueError(f"cron entry {entry.name!r} defined twice; give one a name=")
+            raise CronError(f"cron entry {entry.name!r} defined twice; give one a name=")
         self.crontab.append(entry)
         return entry
 
@@ -182,7 +190,7 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppLoadError(f"cannot import app module {module_name!r}: {exc}") from exc
-    except CronError as exc:  # a crontab line the module defines at import
+    except AppDefinitionError as exc:  # a task or crontab line the module defines wrongly
         raise AppLoadError(f"app module {module_name!r}: {exc}") from exc
     candidate = getattr(module, attr or "app", None)
     if not isinstance(candidate, App):

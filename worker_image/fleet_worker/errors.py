@@ -7,7 +7,8 @@ built-in bases stay (a ValueError is still a ValueError to pydantic and to calle
     │   ├── InvalidIdentifierError   a schema or other SQL identifier refused
     │   ├── InvalidJobError          a job spec refused before it reached the database
     │   ├── AppLoadError             the app module cannot be imported or is not an App
-    │   ├── CronError                a crontab entry that cannot be parsed
+    │   ├── AppDefinitionError       the App defines something wrong (a task twice, ...)
+    │   │   └── CronError                a crontab entry that cannot be parsed
     │   └── AdminError               a job admin request that cannot be carried out as asked
     ├── SchemaError              exit 65: migration files and the database disagree
     │   ├── CatalogError             a migration file is malformed or missing
@@ -45,7 +46,11 @@ class AppLoadError(UsageError, ImportError):
     pass
 
 
-class CronError(UsageError, ValueError):
+class AppDefinitionError(UsageError, ValueError):
+    """The App's own definition is wrong; raised while its module is imported."""
+
+
+class CronError(AppDefinitionError):
     """A schedule that cannot be parsed; the message says which field and why."""
 
 

@@ -15,6 +15,7 @@ from fleet_worker.db import Schema
 from fleet_worker.durations import parse_duration
 from fleet_worker.errors import AdminError
 from fleet_worker.protocol import JobState
+from fleet_worker.settings import WorkerSettings
 
 
 def add_arguments(jobs: argparse.ArgumentParser) -> None:
@@ -62,7 +63,12 @@ def add_arguments(jobs: argparse.ArgumentParser) -> None:
     unlock.add_argument(
         "--force", action="store_true", help="a live pool: declare it dead first (it is fenced)"
     )
-    unlock.add_argument("--sweep-threshold", type=parse_duration, default=60.0)
+    unlock.add_argument(
+        "--sweep-threshold",
+        type=parse_duration,
+        default=WorkerSettings.model_fields["sweep_threshold"].default,
+        help="for pools that registered no lease of their own",
+    )
 
 
 def run(conn: psycopg.Connection, schema: Schema, args: argparse.Namespace) -> int:
@@ -89,8 +95,14 @@ def run(conn: psycopg.Connection, schema: Schema, args: argparse.Namespace) -> i
     if command == "unlock":
         done = admin.unlock_pool(conn, schema, args.pool, force=args.force,
                                  threshold_s=args.sweep_threshold)  # fmt: skip
-        dead = "declared it dead and " if done.declared_dead else ""
-        print(f"pool {done.pool_id}: {dead}released {done.released} job(s)")
+        dead = "declared it dead; " if done.declared_dead else ""
+        later = (
+            f"; {done.held} job(s) go back when its lease has run out (the sweep releases "
+            "them; the pool exits at its next heartbeat)"
+            if done.held
+            else ""
+        )
+        print(f"pool {done.pool_id}: {dead}released {done.released} job(s){later}")
         return 0
     return _report(command, _change(conn, schema, args))
 

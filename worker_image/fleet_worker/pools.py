@@ -230,10 +230,18 @@ def pools_report(
 
 
 def declare_dead(
-    conn: psycopg.Connection, schema: Schema, pool_ids: list[str], reason: str
+    conn: psycopg.Connection,
+    schema: Schema,
+    pool_ids: list[str],
+    reason: str,
+    *,
+    release: bool = True,
 ) -> list[str]:
     """Mark live-state pools dead and release their jobs, in one transaction: what the sweep
-    does after the threshold, done at once when a supervisor saw the process end."""
+    does after the threshold, done at once when a supervisor saw the process end. With
+    `release=False` (the process may still run) the pools are only fenced: they fetch
+    nothing more and exit at their next heartbeat, and the sweep releases their jobs once
+    their lease has run out."""
     with conn.transaction():
         rows = conn.execute(
             schema.q(
@@ -249,5 +257,6 @@ def declare_dead(
             },
         ).fetchall()
         dead = [r[0] for r in rows]
-        release_pool_jobs(conn, schema, dead, f"released: {reason}")
+        if release:
+            release_pool_jobs(conn, schema, dead, f"released: {reason}")
     return dead

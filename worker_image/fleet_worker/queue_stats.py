@@ -46,39 +46,56 @@ def refresh_if_due(conn: psycopg.Connection, schema: Schema, interval_s: float) 
         ).fetchone()
         if row is None or not row[0]:
             return False  # another pool is counting, or counted recently
-        conn.execute("set local statement_timeout = '5s'")
-        conn.execute(schema.q("delete from {s}.queue_stats"))
-        conn.execute(
-            schema.q(
-                """with counted as (
-                       select task_identifier, queue_name, state, count(*) as jobs,
-                              min(run_at) filter (where state = 'waiting') as oldest
-                       from {s}.job_list group by 1, 2, 3
-                   ), top as (
-                       select queue_name from counted where queue_name is not null
-                       group by queue_name order by sum(jobs) desc limit %s
-                   )
-                   insert into {s}.queue_stats
-                   select task_identifier,
-                          case when queue_name is null then ''
-                               when queue_name in (select queue_name from top) then queue_name
-                               else %s end,
-                          state, sum(jobs), min(oldest)
-                   from counted group by 1, 2, 3"""
-            ),
-            [TOP_QUEUES, OTHER],
-        )
+        # The attempt counts even if the count times out (rolled back alone below), so a
+        # queue too big to count in 5 s costs one attempt per interval, not one per pool.
         conn.execute(
             schema.q("update {s}.maintenance_runs set ran_at = now() where name = 'queue_stats'")
         )
+        try:
+            with conn.transaction():
+                _recount(conn, schema)
+        except psycopg.errors.QueryCanceled:
+            return False
         return True
+
+
+def _recount(conn: psycopg.Connection, schema: Schema) -> None:
+    conn.execute("set local statement_timeout = '5s'")
+    conn.execute(schema.q("delete from {s}.queue_stats"))
+    conn.execute(
+        schema.q(
+            """with counted as (
+                   select task_identifier, queue_name, state, count(*) as jobs,
+                          min(run_at) filter (where state = 'waiting') as oldest
+                   from {s}.job_list group by 1, 2, 3
+               ), top as (
+                   select queue_name from counted where queue_name is not null
+                   group by queue_name order by sum(jobs) desc limit %s
+               )
+               insert into {s}.queue_stats
+               select task_identifier,
+                      case when queue_name is null then ''
+                           when queue_name in (select queue_name from top) then queue_name
+                           else %s end,
+                      state, sum(jobs), min(oldest)
+               from counted group by 1, 2, 3"""
+        ),
+        [TOP_QUEUES, OTHER],
+    )
+    # The counts' own time, for freshness: the attempt's (above) may be a failed one.
+    conn.execute(
+        schema.q(
+            "insert into {s}.maintenance_runs (name, ran_at) values ('queue_stats_counted', "
+            "now()) on conflict (name) do update set ran_at = excluded.ran_at"
+        )
+    )
 
 
 def read(conn: psycopg.Connection, schema: Schema) -> QueueStats:
     age = conn.execute(
         schema.q(
             "select extract(epoch from now() - ran_at)::float8 from {s}.maintenance_runs "
-            "where name = 'queue_stats' and ran_at > '-infinity'"
+            "where name = 'queue_stats_counted'"
         )
     ).fetchone()
     rows = conn.execute(

@@ -112,13 +112,18 @@ def sweep(
             {**live_params(threshold_s), "sweeper": sweeper, "dead": PoolState.DEAD},
         ).fetchall()
         dead = [r[0] for r in rows]
+        # Locks still held by pools others made terminal without releasing (fenced by hand:
+        # `jobs unlock --force`): only once their lease ran out, since the process may
+        # still be running those jobs until it sees its state.
         leftovers = conn.execute(
             schema.q(
                 """select distinct j.locked_by::text from {s}.jobs j
                    join {s}.pools p on p.pool_id = j.locked_by
-                   where j.locked_by is not null and p.state = any(%s)"""
+                   where j.locked_by is not null and p.state = any(%(terminal)s)
+                     and p.heartbeat_at <= now() - make_interval(
+                         secs => coalesce(p.sweep_threshold_s, %(threshold)s))"""
             ),
-            [list(TERMINAL_STATES)],
+            {"terminal": list(TERMINAL_STATES), "threshold": threshold_s},
         ).fetchall()
         pools = sorted(set(dead) | {r[0] for r in leftovers})
         released = release_pool_jobs(conn, schema, pools, "released: its pool stopped heartbeating")

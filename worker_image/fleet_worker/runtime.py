@@ -217,9 +217,9 @@ class Worker:
         self._exit_watch_stop = threading.Event()
         self._signals = 0
         self.health = HealthServer(self.snapshot, settings.health_host, settings.health_port)
-        # Queue stats on a connection and thread of their own: a slow count must never
-        # delay a heartbeat (fleet_worker/queue_stats.py).
-        self.stats = Maintenance(self.url, timeout=5.0, name="maintenance-stats")
+        # Queue stats, cron checks and history pruning on a connection and thread of their
+        # own: a slow count, a long backfill or a big prune must never delay a heartbeat.
+        self.background = Maintenance(self.url, timeout=5.0, name="maintenance-background")
         self.queue_stats: QueueStats | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -261,8 +261,6 @@ class Worker:
                 self._service(self._lease_loop(), "lease"),
                 self._service(self._sweep_loop(), "sweep"),
             ]
-            if self.settings.queue_stats_interval > 0:
-                background.append(self._service(self._stats_loop(), "queue stats"))
             try:
                 if await self._reach_compatible_schema():
                     background += [
@@ -271,6 +269,8 @@ class Worker:
                     ]
                     if self.app.crontab:
                         background.append(self._service(self._cron_loop(), "cron"))
+                    if self.settings.queue_stats_interval > 0:
+                        background.append(self._service(self._stats_loop(), "queue stats"))
                     await self._fetch_loop()
             except Exception as exc:
                 log.exception("worker failed")
@@ -287,7 +287,7 @@ class Worker:
             await self._fetch_conn.drop()
             await self._record_conn.drop()
             self.maintenance.close()
-            self.stats.close()
+            self.background.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
         return self._exit()
 
@@ -689,9 +689,11 @@ class Worker:
                     permanent=permanent,
                 )  # fmt: skip
                 self.counters.failed += 1
-                last = permanent or job.attempts >= job.max_attempts
-                self.counters.outcomes[job.task_identifier, "failed" if last else "retried"] += 1
-                if not ok:
+                if ok:
+                    last = permanent or job.attempts >= job.max_attempts
+                    outcome = "failed" if last else "retried"
+                    self.counters.outcomes[job.task_identifier, outcome] += 1
+                else:
                     self.counters.completions_rejected += 1
                 return
             except _TRANSIENT:
@@ -936,7 +938,7 @@ class Worker:
             return
         self._pruned_at = lease_clock()
         try:
-            pruned = await self.maintenance.run(
+            pruned = await self.background.run(
                 lambda c: retention.prune_history(c, self.schema, keep)
             )
         except (DatabaseUnavailableError, psycopg.Error) as exc:
@@ -962,7 +964,7 @@ class Worker:
 
         while not self._stop.is_set():
             try:
-                self.queue_stats = await self.stats.run(refresh_and_read)
+                self.queue_stats = await self.background.run(refresh_and_read)
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 log.debug("queue stats skipped: %s", first_line(exc))
             await self._sleep(interval)
@@ -985,7 +987,7 @@ class Worker:
                 wait = 1.0
                 continue
             try:
-                enqueued, db_now = await self.maintenance.run(check)
+                enqueued, db_now = await self.background.run(check)
             except (DatabaseUnavailableError, psycopg.Error) as exc:
                 log.warning("cron check skipped: %s", first_line(exc))
                 wait = 5.0
