@@ -33,3 +33,15 @@ def test_invalid(text: str) -> None:
 def test_format_round_trips_milliseconds(ms: int) -> None:
     seconds = ms / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+def test_a_timestamp_must_say_its_time_zone() -> None:
+    from datetime import UTC, datetime
+
+    from fleet_worker.durations import parse_timestamp
+
+    assert parse_timestamp("2030-01-01T12:00:00+00:00") == datetime(2030, 1, 1, 12, tzinfo=UTC)
+    with pytest.raises(ValueError, match="needs a time zone"):
+        parse_timestamp("2030-01-01T12:00:00")
+    with pytest.raises(ValueError, match="is not an ISO 8601 timestamp"):
+        parse_timestamp("tomorrow")

@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -20,7 +19,7 @@ from fleet_worker import jobs_cli
 from fleet_worker.app import App, load_app
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema, connect
-from fleet_worker.durations import format_duration, parse_duration
+from fleet_worker.durations import format_duration, parse_duration, parse_timestamp
 from fleet_worker.errors import FleetWorkerError, UsageError
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.identifiers import DEFAULT_SCHEMA
@@ -317,11 +316,9 @@ def cmd_add_job(args: argparse.Namespace) -> int:
     run_at = None
     if args.run_at:
         try:
-            run_at = datetime.fromisoformat(args.run_at)
+            run_at = parse_timestamp(args.run_at)
         except ValueError as exc:
             raise UsageError(f"--run-at: {exc}") from exc
-        if run_at.tzinfo is None:
-            raise UsageError("--run-at needs a time zone, e.g. 2026-01-01T12:00:00+00:00")
     spec = JobSpec(
         task=args.task,
         payload=payload,

@@ -1,9 +1,11 @@
-"""Durations as users write them: `90s`, `10m`, `1h30m`, `250ms`, or plain seconds."""
+"""Durations as users write them: `90s`, `10m`, `1h30m`, `250ms`, or plain seconds; and
+timestamps, ISO 8601 with a time zone."""
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -40,3 +42,14 @@ def format_duration(seconds: float) -> str:
     m, s = divmod(rest, 60)
     out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
     return out or "0s"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 timestamp that says its time zone: a bare local time is ambiguous."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an ISO 8601 timestamp: {exc}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} needs a time zone, e.g. 2026-01-01T12:00:00+00:00")
+    return value

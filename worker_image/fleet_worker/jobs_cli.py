@@ -12,7 +12,7 @@ import psycopg
 
 from fleet_worker import admin
 from fleet_worker.db import Schema
-from fleet_worker.durations import parse_duration
+from fleet_worker.durations import parse_duration, parse_timestamp
 from fleet_worker.errors import AdminError
 from fleet_worker.protocol import JobState
 from fleet_worker.settings import WorkerSettings
@@ -118,11 +118,9 @@ def _change(conn: psycopg.Connection, schema: Schema, args: argparse.Namespace) 
     assert command == "reschedule"
     if args.run_at is not None:
         try:
-            run_at = datetime.fromisoformat(args.run_at)
+            run_at = parse_timestamp(args.run_at)
         except ValueError as exc:
             raise AdminError(f"--run-at: {exc}") from exc
-        if run_at.tzinfo is None:
-            raise AdminError("--run-at needs a time zone, e.g. 2026-01-01T12:00:00+00:00")
     else:
         run_at = datetime.now(UTC) + timedelta(seconds=args.delay)
     return admin.reschedule_jobs(conn, schema, ids, run_at, priority=args.priority,
