@@ -129,7 +129,10 @@ class Outcome:
 def _outcome(
     conn: psycopg.Connection, schema: Schema, ids: Sequence[int], changed: list[int]
 ) -> Outcome:
-    rest = [i for i in ids if i not in set(changed)]
+    done = set(changed)
+    rest = [i for i in ids if i not in done]
+    if not rest:
+        return Outcome(sorted(changed))
     running = {
         int(r[0])
         for r in conn.execute(
