@@ -17,7 +17,14 @@ from fleet_worker.pools import declare_dead
 from workerfleet_operator import builders
 from workerfleet_operator.cache import ChildCache
 from workerfleet_operator.events import EventSink
-from workerfleet_operator.models import GROUP, PLURAL, VERSION, WorkerFleetSpec, WorkerFleetStatus
+from workerfleet_operator.models import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    EventReason,
+    WorkerFleetSpec,
+    WorkerFleetStatus,
+)
 from workerfleet_operator.observe import Databases
 from workerfleet_operator.planner import (
     Action,
@@ -177,7 +184,7 @@ def write_status(fleet: Fleet, status: WorkerFleetStatus) -> None:
     )
 
 
-def post_event(fleet: Fleet, type_: str, reason: str, message: str) -> None:
+def post_event(fleet: Fleet, type_: str, reason: EventReason, message: str) -> None:
     """A core/v1 Event on the fleet, for `kubectl describe wf` and `kubectl get events`;
     repeats are aggregated (workerfleet_operator.events)."""
     fleet.events.post(

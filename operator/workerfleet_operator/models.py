@@ -272,6 +272,31 @@ class Reason(StrEnum):
     ACTION_REFUSED = "ActionRefused"
 
 
+class EventReason(StrEnum):
+    """The reasons of the Events the operator posts on a fleet (docs/operator.md, Events).
+    An action's Event carries the action's label (planner.action_label), which is also the
+    `workerfleet_actions_total{action}` label and the plugin's `next_action`: one word for
+    the same thing wherever a user or a dashboard meets it."""
+
+    NO_ACTION = "NoAction"  # a label only: a reconcile that did nothing posts no Event
+    CREATE_POD = "CreatePod"
+    DELETE_POD = "DeletePod"
+    DELETE_JOB = "DeleteJob"
+    RUN_MIGRATION = "RunMigration"
+    RELEASE_POOLS = "ReleasePools"
+    EVICT_OUTDATED = "EvictOutdated"
+    MIGRATION_STARTED = "MigrationStarted"  # what the planner saw, beside its action
+    MIGRATION_SUPERSEDED = "MigrationSuperseded"
+    MIGRATION_FAILED = "MigrationFailed"
+    MIGRATION_JOB_BLOCKED = "MigrationJobBlocked"
+    ROLLBACK_REFUSED = "RollbackRefused"
+    POOLS_EVICTED = "PoolsEvicted"
+    POOLS_RELEASED = "PoolsReleased"
+    PODS_CRASH_LOOPING = "PodsCrashLooping"
+    PODS_CANNOT_START = "PodsCannotStart"
+    ACTION_FAILED = "ActionFailed"  # the API server or the client refused an action
+
+
 class Condition(Model):
     type: str
     status: Literal["True", "False", "Unknown"]

@@ -23,6 +23,7 @@ from fleet_worker.protocol import CORE_PROTOCOL, PoolState
 from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.models import (
     Condition,
+    EventReason,
     FleetPhase,
     Reason,
     SchemaStatus,
@@ -118,34 +119,37 @@ class EvictOutdated:
 Action = NoAction | CreatePod | DeletePod | DeleteJob | RunMigration | ReleasePools | EvictOutdated
 
 
-def action_label(action: Action) -> str:
+def action_label(action: Action) -> EventReason:
     """The action's name where users and dashboards see it: the Event reason, the
     `workerfleet_actions_total{action}` label, the kubectl plugin's `next_action`. Spelled
     out, so renaming a class cannot silently rename them; mypy checks every action has one."""
     match action:
         case NoAction():
-            return "NoAction"
+            return EventReason.NO_ACTION
         case CreatePod():
-            return "CreatePod"
+            return EventReason.CREATE_POD
         case DeletePod():
-            return "DeletePod"
+            return EventReason.DELETE_POD
         case DeleteJob():
-            return "DeleteJob"
+            return EventReason.DELETE_JOB
         case RunMigration():
-            return "RunMigration"
+            return EventReason.RUN_MIGRATION
         case ReleasePools():
-            return "ReleasePools"
+            return EventReason.RELEASE_POOLS
         case EvictOutdated():
-            return "EvictOutdated"
+            return EventReason.EVICT_OUTDATED
         case _:
             assert_never(action)
+
+
+Event = tuple[str, EventReason, str]  # (type: Normal or Warning, reason, message)
 
 
 @dataclass
 class Plan:
     action: Action
     status: WorkerFleetStatus
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    events: list[Event] = field(default_factory=list)
 
 
 # -- pure helpers -------------------------------------------------------------------------
@@ -323,7 +327,7 @@ class _Planner:
         applied = {m.id for m in obs.applied}
         self.target = catalog_of(obs, spec.version, self.new)
         self.pending = [m for m in self.target or () if m.id not in applied]
-        self.events: list[tuple[str, str, str]] = []
+        self.events: list[Event] = []
         self.status = self._base_status()
         self.done = self._rollout_done()
         if self.done:
@@ -453,7 +457,7 @@ class _Planner:
             return ("False", Reason.PENDING, f"pending: {kinds}")
         return ("True", Reason.UP_TO_DATE, f"{len(self.target)} migration(s) applied")
 
-    def event(self, type_: str, reason: str, message: str) -> None:
+    def event(self, type_: str, reason: EventReason, message: str) -> None:
         self.events.append((type_, reason, message))
 
     # -- decisions -----------------------------------------------------------------------
@@ -505,7 +509,7 @@ class _Planner:
             return None
         ids = tuple(p.pool_id for p in ended)
         msg = f"releasing the jobs of {len(ids)} pool(s) whose container ended"
-        self.event("Warning", "PoolsReleased", f"{msg}: {', '.join(ids)}")
+        self.event("Warning", EventReason.POOLS_RELEASED, f"{msg}: {', '.join(ids)}")
         return self.finish(
             ReleasePools(ids, "its container terminated"), FleetPhase.RECOVERING, msg
         )
@@ -516,7 +520,7 @@ class _Planner:
             return None
         job = stale[0]
         msg = f"stopping migration Job {job.name}: the fleet's spec has changed since"
-        self.event("Normal", "MigrationSuperseded", msg)
+        self.event("Normal", EventReason.MIGRATION_SUPERSEDED, msg)
         return self.finish(DeleteJob(job.name, "superseded"), FleetPhase.ROLLING_OUT, msg)
 
     def _refused_version(self) -> Plan | None:
@@ -531,7 +535,7 @@ class _Planner:
             "which it does not know; set a newer version"
         )
         if _reason(self.previous, "Progressing") != Reason.ROLLBACK_REFUSED:
-            self.event("Warning", "RollbackRefused", msg)
+            self.event("Warning", EventReason.ROLLBACK_REFUSED, msg)
         refused = ("False", Reason.ROLLBACK_REFUSED)
         if self.new:
             victim = sorted(self.new, key=delete_order)[0]
@@ -555,7 +559,7 @@ class _Planner:
             return None
         msg = f"migration Job {job.name} failed: {job.message or 'see its pod logs'}"
         if self.previous.phase != FleetPhase.FAILED:
-            self.event("Warning", "MigrationFailed", msg)
+            self.event("Warning", EventReason.MIGRATION_FAILED, msg)
         return self.finish(
             NoAction(msg),
             FleetPhase.FAILED,
@@ -586,7 +590,9 @@ class _Planner:
             f"({pod.waiting_reason or 'restarting'}, exit code {pod.last_exit_code}, "
             f"{pod.restarts} restarts): {why}"
         )
-        return self._new_pods_failing(msg, FleetPhase.CRASH_LOOP_BACK_OFF, "PodsCrashLooping")
+        return self._new_pods_failing(
+            msg, FleetPhase.CRASH_LOOP_BACK_OFF, EventReason.PODS_CRASH_LOOPING
+        )
 
     def _cannot_start(self) -> Plan | None:
         """New pods whose container cannot even start (the image cannot be pulled, a Secret
@@ -599,9 +605,9 @@ class _Planner:
             f"pod {pod.name} of version {self.spec.version} cannot start: "
             f"{pod.waiting_reason}: {(pod.waiting_message or 'no message')[:300]}"
         )
-        return self._new_pods_failing(msg, FleetPhase.DEGRADED, "PodsCannotStart")
+        return self._new_pods_failing(msg, FleetPhase.DEGRADED, EventReason.PODS_CANNOT_START)
 
-    def _new_pods_failing(self, msg: str, phase: FleetPhase, reason: str) -> Plan:
+    def _new_pods_failing(self, msg: str, phase: FleetPhase, reason: EventReason) -> Plan:
         """Wait, saying why in the status; the Warning Event only when the phase begins."""
         if self.previous.phase != phase:
             self.event("Warning", reason, msg)
@@ -686,7 +692,7 @@ class _Planner:
             return None
         msg = f"migration Job {job.name} cannot start: {job.blocked}"
         if _reason(self.previous, "MigrationsApplied") != Reason.MIGRATION_JOB_BLOCKED:
-            self.event("Warning", "MigrationJobBlocked", msg)
+            self.event("Warning", EventReason.MIGRATION_JOB_BLOCKED, msg)
         return self.finish(
             NoAction(msg), FleetPhase.MIGRATING, msg,
             progressing=("False", Reason.MIGRATION_JOB_BLOCKED),
@@ -703,7 +709,7 @@ class _Planner:
             )
         kind = "including breaking" if breaking else "safe"
         msg = f"applying {kind} migration(s) up to {to}"
-        self.event("Normal", "MigrationStarted", msg)
+        self.event("Normal", EventReason.MIGRATION_STARTED, msg)
         return self.finish(RunMigration(to, breaking, msg), FleetPhase.MIGRATING, msg)
 
     def _breaking(self, breaking: MigrationInfo) -> Plan:
@@ -788,7 +794,7 @@ class _Planner:
                 f"maxMigrationWaitTime {spec.max_migration_wait_time} passed: evicting "
                 f"pool(s) {names} and releasing their jobs before {breaking.id}"
             )
-            self.event("Warning", "PoolsEvicted", msg)
+            self.event("Warning", EventReason.POOLS_EVICTED, msg)
             action = EvictOutdated(breaking.id, tuple(p.pool_id for p in blockers), msg)
             return self.finish(
                 action,

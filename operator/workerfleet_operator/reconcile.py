@@ -24,6 +24,7 @@ from workerfleet_operator.kstatus import with_kstatus
 from workerfleet_operator.metrics import METRICS
 from workerfleet_operator.models import (
     Condition,
+    EventReason,
     FleetPhase,
     Reason,
     WorkerFleetSpec,
@@ -264,7 +265,7 @@ def _carry_out(fleet: Fleet, action: Action, clients: Clients) -> tuple[str, str
     name, namespace, action_name = fleet.name, fleet.namespace, action_label(action)
     try:
         done = act(fleet, action)
-        if action_name != "NoAction":
+        if action_name != EventReason.NO_ACTION:
             log.info("%s/%s: %s", namespace, name, done)
             post_event(fleet, "Normal", action_name, done)
         return "ok", None
@@ -272,7 +273,7 @@ def _carry_out(fleet: Fleet, action: Action, clients: Clients) -> tuple[str, str
         clients.children.invalidate(namespace, name)  # the server saw it otherwise: list again
         why = api_message(exc)
         log.warning("%s/%s: %s refused: %s", namespace, name, action_name, why)
-        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
+        post_event(fleet, "Warning", EventReason.ACTION_FAILED, f"{action_name}: {why}")
         # 4xx but conflict and throttling: the request itself is wrong (the template, a
         # quota, a policy), so the status says what the API server said.
         wrong = exc.status is not None and 400 <= exc.status < 500 and exc.status not in (409, 429)
@@ -287,9 +288,9 @@ def _carry_out(fleet: Fleet, action: Action, clients: Clients) -> tuple[str, str
             )
         )
         log.warning("%s/%s: %s refused by the client: %s", namespace, name, action_name, why)
-        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {why}")
+        post_event(fleet, "Warning", EventReason.ACTION_FAILED, f"{action_name}: {why}")
         return "error", why
     except Exception as exc:
         log.exception("%s/%s: %s failed", namespace, name, action_name)
-        post_event(fleet, "Warning", "ActionFailed", f"{action_name}: {exc}")
+        post_event(fleet, "Warning", EventReason.ACTION_FAILED, f"{action_name}: {exc}")
         return "error", None

@@ -1,6 +1,6 @@
-"""The operator's words for a fleet's phase and for its conditions' reasons are enums
-(models.FleetPhase, models.Reason); the planner's types force every status through them, and
-docs/operator.md lists exactly their members."""
+"""The operator's words for a fleet's phase, its conditions' reasons and its Events' reasons
+are enums (models.FleetPhase, models.Reason, models.EventReason); the planner's types force
+every status and Event through them, and docs/operator.md lists exactly their members."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from workerfleet_operator.handlers import AT_REST
 from workerfleet_operator.kstatus import AT_SPEC_PHASES
-from workerfleet_operator.models import FleetPhase, Reason
+from workerfleet_operator.models import EventReason, FleetPhase, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +35,11 @@ def test_the_conditions_table_names_exactly_the_reasons() -> None:
     conditions = {t for t, _ in rows}
     assert {r.value for r in Reason} <= named
     assert named <= {r.value for r in Reason} | {p.value for p in FleetPhase} | conditions
+
+
+def test_the_docs_list_exactly_the_event_reasons() -> None:
+    text = (ROOT / "docs/operator.md").read_text()
+    [listing] = re.findall(r"^Events: (.+?)\. They are aggregated", text, re.M | re.S)
+    listed = set(re.findall(r"`([A-Z][A-Za-z]+)`", listing))
+    # NoAction labels a reconcile that did nothing; no Event carries it.
+    assert listed == {r.value for r in EventReason} - {EventReason.NO_ACTION}
