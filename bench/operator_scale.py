@@ -27,9 +27,7 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +43,8 @@ from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
 from localcluster.cluster import Cluster, create_namespace, install_crd
 from localcluster.kube import ApiError, Client
-from localcluster.procs import free_port
+from workerfleet_dev import harness
+from workerfleet_dev.harness import wait_for
 from workerfleet_dev.postgres import LocalPostgres
 from workerfleet_operator.metrics import PHASES, scrape
 
@@ -166,40 +165,22 @@ def react(client: Client, ns: str, name: str, version: str, timeout: float = 120
     return float("inf")
 
 
-class Operator:
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "WORKERFLEET_METRICS_PORT": str(self.port),
-            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
-            "WORKERFLEET_LEADER_IDENTITY": "bench",
-        }
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "kopf"), "run", "--standalone",
-             "--all-namespaces", "-m", "workerfleet_operator.handlers"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                operator_metrics(self.port)
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"operator did not start; see {log}") from None
-                time.sleep(0.3)
+class Operator(harness.OperatorProcess):
+    """The operator at its defaults, started and serving once constructed."""
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        super().__init__(kubeconfig, log, env={"WORKERFLEET_LEADER_IDENTITY": "bench"})
+        self.start()
+        self.wait_serving(60)
+
+    @property
+    def port(self) -> int:
+        return self.metrics_port
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "the operator was stopped"
+        return self.proc.pid
 
 
 def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) -> dict[str, Any]:
@@ -216,17 +197,13 @@ def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) ->
     idle_rps = (apiserver_requests(client) - r0) / (time.monotonic() - t0)
     op = Operator(cluster.kubeconfig, workdir / f"operator-{n}.log")
     try:
-        deadline = time.monotonic() + max(120, n * 0.5)
-        while not settled(client, ns, n):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{n} fleets did not settle")
-            time.sleep(1)
+        wait_for(lambda: settled(client, ns, n), max(120, n * 0.5), 1, f"{n} fleets settled")
         time.sleep(5)
         m0, r0, c0, t0 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
-            op.proc.pid), time.monotonic()  # fmt: skip
+            op.pid), time.monotonic()  # fmt: skip
         time.sleep(window)
         m1, r1, c1, t1 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
-            op.proc.pid), time.monotonic()  # fmt: skip
+            op.pid), time.monotonic()  # fmt: skip
         elapsed = t1 - t0
         count = (
             m1["workerfleet_reconcile_seconds_count"] - m0["workerfleet_reconcile_seconds_count"]
@@ -236,7 +213,7 @@ def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) ->
         return {
             "fleets": n,
             "cpu_s_per_min": round((c1 - c0) / elapsed * 60, 2),
-            "rss_mib": round(rss_mib(op.proc.pid), 1),
+            "rss_mib": round(rss_mib(op.pid), 1),
             "reconciles_per_s": round(count / elapsed, 2),
             "reconcile_p50_ms": None if p50 is None else round(p50 * 1000, 1),
             "reconcile_p99_ms": None if p99 is None else round(p99 * 1000, 1),
@@ -274,11 +251,8 @@ def _ready(client: Client, ns: str, name: str, version: str) -> bool:
 
 
 def _wait_all(client: Client, ns: str, names: list[str], version: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(_ready(client, ns, n, version) for n in names):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fleets not Ready at {version} in {timeout:.0f}s")
-        time.sleep(1)
+    wait_for(lambda: all(_ready(client, ns, n, version) for n in names), timeout, 1,
+             f"the fleets Ready at {version}")  # fmt: skip
 
 
 def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> dict[str, Any]:

@@ -38,7 +38,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
 from datetime import datetime
@@ -59,7 +58,8 @@ from fleet_worker.queue import JobSpec, add_job
 from localcluster.cluster import Cluster, create_namespace, install_crd
 from localcluster.images import Image
 from localcluster.kube import ApiError, Client
-from tests.helpers import wait_for
+from workerfleet_dev import harness
+from workerfleet_dev.harness import wait_for
 from workerfleet_dev.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,36 +304,16 @@ class WorkerFleetArm(Arm):
             raise
 
 
-class Producer:
-    """Enqueues one job every 1/rate s on its own connection; numbers from 1."""
-
-    def __init__(self, arm: Arm, rate: float) -> None:
-        self.arm, self.interval = arm, 1.0 / rate
-        self.sent: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with psycopg.connect(self.arm.url, autocommit=True) as conn:
-            start = time.monotonic()
-            while not self._stop.is_set():
-                n = len(self.sent) + 1
-                self.arm.enqueue(conn, n)
-                self.sent.append(n)
-                self._stop.wait(max(0.0, start + n * self.interval - time.monotonic()))
-
-    def stop(self) -> list[int]:
-        self._stop.set()
-        self._thread.join()
-        return self.sent
-
-
 def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, Any]:
     url = arm.url
     arm.deploy(1)
     wait_for(lambda: arm.rolled_out(1), 300, 0.5, f"{arm.name} at release 1")
-    producer = Producer(arm, args.rate)
+
+    def enqueue(conn: psycopg.Connection, n: int) -> int:
+        arm.enqueue(conn, n)
+        return n  # the producer's numbers, which each arm's ledger records
+
+    producer = harness.Producer(arm.url, enqueue, 1.0 / args.rate)
     stream_start = db_now(url)
     time.sleep(args.steady)
     rollouts: dict[str, float] = {}

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,6 +27,7 @@ from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
 from fleet_worker.migrate import migrate
 from fleet_worker.queue import JobSpec, add_job, add_jobs
+from workerfleet_dev import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,20 +49,24 @@ def fresh_schema(conn: psycopg.Connection) -> Schema:
     return schema
 
 
+BENCH_APP = "bench.bench_app"
+
+
 def worker_argv(schema: Schema, *args: str) -> list[str]:
-    """`fleet-worker run` of the benchmark's app (env: worker_env)."""
-    return [
-        sys.executable, "-m", "fleet_worker.cli", "--log-level", "WARNING", "run",
-        "--app", "bench.bench_app", "--schema", schema.name, "--health-port", "0", *args,
-    ]  # fmt: skip
+    """`fleet-worker run` of the benchmark's app (env: worker_env), for the peer harness."""
+    return harness.worker_argv(BENCH_APP, "--schema", schema.name, "--health-port", "0", *args,
+                               log_level="WARNING")  # fmt: skip
 
 
 def worker_env(url: str) -> dict[str, str]:
     return {"DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
 
 
-def start_worker(url: str, schema: Schema, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(worker_argv(schema, *args), env={**os.environ, **worker_env(url)})
+def start_worker(url: str, schema: Schema, *args: str) -> harness.WorkerProcess:
+    """A worker of the benchmark's app, its output on this process's."""
+    return harness.WorkerProcess(
+        url, schema.name, BENCH_APP, None, *args, pythonpath=[ROOT], log_level="WARNING"
+    )
 
 
 def count(conn: psycopg.Connection, schema: Schema) -> int:
@@ -71,9 +75,9 @@ def count(conn: psycopg.Connection, schema: Schema) -> int:
     return int(row[0])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+def stop(proc: harness.WorkerProcess) -> None:
+    """A graceful stop: SIGTERM, then the drain of what it holds."""
+    proc.stop(signal.SIGTERM, grace_s=60)
 
 
 def drain_queue(
@@ -137,8 +141,7 @@ def recovery_seconds(url: str, *worker_args: str) -> float:
             time.sleep(0.01)
         rescuer = start_worker(url, schema, *worker_args)
         time.sleep(2)  # the rescuer is up and heartbeating before the crash
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        victim.kill()
         killed = time.perf_counter()
         try:
             while True:
@@ -149,8 +152,7 @@ def recovery_seconds(url: str, *worker_args: str) -> float:
                     return time.perf_counter() - killed
                 time.sleep(0.05)
         finally:
-            rescuer.send_signal(signal.SIGKILL)
-            rescuer.wait()
+            rescuer.kill()
 
 
 def main() -> int:

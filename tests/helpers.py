@@ -1,23 +1,22 @@
-"""Test helpers: worker subprocesses and polling. Used by integration tests only."""
+"""Test helpers: worker subprocesses of the test apps, a job stream, SQL shortcuts and a TCP
+proxy to cut. The launchers and the wait helper themselves are workerfleet_dev.harness, which
+the demo and the benchmarks use too."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tests.conftest import APPS_DIR
+from workerfleet_dev import harness
+from workerfleet_dev.harness import Tally, wait_for
 
-T = TypeVar("T")
+__all__ = ["FAST", "Tally", "TcpProxy", "WorkerProcess", "pool_states", "q", "stream_jobs",
+           "wait_for"]  # fmt: skip
 
 # Fast but not twitchy: 15 missed heartbeats before a pool counts as dead, so a loaded CI
 # machine does not declare a busy worker dead (which would rerun its jobs, by design).
@@ -31,24 +30,8 @@ FAST = [
 ]  # fmt: skip
 
 
-def wait_for(
-    cond: Callable[[], T | None],
-    timeout: float = 20,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class WorkerProcess:
-    """A real `fleet-worker run` process with its log in a file."""
+class WorkerProcess(harness.WorkerProcess):
+    """A real `fleet-worker run` process of a test app, its log in a file in `log_dir`."""
 
     def __init__(
         self,
@@ -59,49 +42,7 @@ class WorkerProcess:
         *args: str,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.log_path = log_dir / f"worker-{app.replace(':', '_')}-{time.monotonic_ns()}.log"
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "FLEET_SCHEMA": schema,
-            "PYTHONPATH": os.pathsep.join([str(APPS_DIR), os.environ.get("PYTHONPATH", "")]),
-            **(env or {}),
-        }
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleet_worker.cli",
-                "run",
-                "--app",
-                app,
-                "--health-port",
-                "0",
-                *args,
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+        super().__init__(url, schema, app, log_dir, *args, env=env, pythonpath=[APPS_DIR])
 
 
 def q(
@@ -115,45 +56,17 @@ def pool_states(conn: psycopg.Connection, schema: str) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in q(conn, schema, "select pool_id, state from {s}.pools")}
 
 
-def kill(proc: WorkerProcess) -> None:
-    proc.proc.send_signal(signal.SIGKILL)
-    proc.proc.wait(10)
-
-
-class Producer:
-    """A steady stream of `work` jobs from a background thread, remembering every id."""
-
-    def __init__(
-        self,
-        url: str,
-        schema: str,
-        every_s: float = 0.02,
-        sleep_s: float = 0.05,
-        task: str = "work",
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        import threading
-
-        from fleet_worker.db import Schema
-        from fleet_worker.queue import JobSpec, add_job
-
-        self.ids: list[int] = []
-        self._stop = threading.Event()
-        job_payload = payload if payload is not None else {"sleep": sleep_s}
-
-        def run() -> None:
-            with psycopg.connect(url, autocommit=True) as conn:
-                while not self._stop.is_set():
-                    self.ids.append(add_job(conn, JobSpec(task, job_payload), Schema(schema)))
-                    self._stop.wait(every_s)
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> list[int]:
-        self._stop.set()
-        self._thread.join(10)
-        return self.ids
+def stream_jobs(
+    url: str,
+    schema: str,
+    every_s: float = 0.02,
+    sleep_s: float = 0.05,
+    task: str = "work",
+    payload: dict[str, Any] | None = None,
+) -> harness.Producer:
+    """A steady stream of `task` jobs (by default `work` sleeping `sleep_s`)."""
+    job_payload = payload if payload is not None else {"sleep": sleep_s}
+    return harness.Producer(url, harness.enqueue(schema, task, job_payload), every_s)
 
 
 class TcpProxy:

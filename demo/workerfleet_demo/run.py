@@ -15,14 +15,11 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +27,23 @@ import psycopg
 import yaml
 
 from fleet_worker.db import Schema
-from fleet_worker.queue import JobSpec, add_job
 from localcluster.bins import ensure as ensure_binaries
 from localcluster.cluster import Cluster, install_crd
 from localcluster.images import Image, ImageTable
 from localcluster.kube import ApiError, Client
-from localcluster.procs import free_port
 from localcluster.realnode import network
 from localcluster.realnode.cluster import RealNodeCluster
 from workerfleet_demo.progress import Phase, Run, Snapshot
 from workerfleet_demo.view import live_view
 from workerfleet_dev.deploy import apply_deploy, wait_operator_ready
+from workerfleet_dev.harness import (
+    OperatorProcess,
+    Producer,
+    Tally,
+    enqueue,
+    longest_gap_s,
+    wait_for,
+)
 from workerfleet_dev.images import node_archive
 from workerfleet_dev.postgres import LocalPostgres
 
@@ -71,7 +74,8 @@ def images(workdir: Path) -> ImageTable:
 def install(client: Client, url: str, replicas: int) -> None:
     install_crd(client, yaml.safe_load((ROOT / "crds" / "workerfleet.yaml").read_text()))
     client.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-    wait(lambda: _exists(client, f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"), 30)
+    wait_for(lambda: _exists(client, f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"),
+             30, 0.3, "the namespace's default ServiceAccount")  # fmt: skip
     client.create(f"/api/v1/namespaces/{NAMESPACE}/secrets",
                   {"metadata": {"name": "shop-db"}, "stringData": {"url": url}})  # fmt: skip
     client.create(
@@ -99,14 +103,6 @@ def _exists(client: Client, path: str) -> bool:
         return False
 
 
-def wait(cond: Any, timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.3)
-
-
 def fleet_ready(client: Client, version: str) -> bool:
     fleet = client.get(FLEET_PATH)
     status = fleet.get("status") or {}
@@ -114,45 +110,6 @@ def fleet_ready(client: Client, version: str) -> bool:
     return bool(ready and ready["status"] == "True"
                 and ready["observedGeneration"] == fleet["metadata"]["generation"]
                 and status.get("currentVersion") == version)  # fmt: skip
-
-
-@contextlib.contextmanager
-def operator(kubeconfig: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "WORKERFLEET_RECONCILE_INTERVAL": "1",
-        "WORKERFLEET_METRICS_PORT": str(free_port()),
-        "WORKERFLEET_METRICS_HOST": "127.0.0.1",
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "kopf"), "run", "--standalone",
-             "--all-namespaces", "-m", "workerfleet_operator.handlers"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def produce(url: str, run: Run, rate: float, stop: threading.Event) -> None:
-    schema = Schema(SCHEMA)
-    with psycopg.connect(url, autocommit=True) as conn:
-        order = 0
-        while not stop.is_set():
-            order += 1
-            with contextlib.suppress(psycopg.errors.UndefinedFunction,
-                                     psycopg.errors.InvalidSchemaName):  # fmt: skip
-                run.enqueued.append(add_job(conn, JobSpec("send_receipt", {"order_id": order}),
-                                            schema))  # fmt: skip
-            stop.wait(1 / rate)
 
 
 def sample(client: Client, url: str, run: Run, stop: threading.Event) -> None:
@@ -171,27 +128,25 @@ def step(run: Run, client: Client, name: str, version: str | None, timeout: floa
     run.phases.append(phase)
     if version is not None:
         client.merge_patch(FLEET_PATH, {"spec": {"version": version}})
-        wait(lambda: fleet_ready(client, version), timeout, f"release {version} ready")
+        wait_for(lambda: fleet_ready(client, version), timeout, 0.3, f"release {version} ready")
     phase.end = time.monotonic() - run.started
 
 
 def summarize(url: str, run: Run) -> dict[str, Any]:
     schema = Schema(SCHEMA)
     with psycopg.connect(url, autocommit=True) as conn:
-        wait(lambda: conn.execute(schema.q("select count(*) from {s}.jobs")).fetchone() == (0,),
-             60, "queue drained")  # fmt: skip
+        wait_for(lambda: conn.execute(schema.q("select count(*) from {s}.jobs")).fetchone() == (0,),
+                 60, 0.3, "queue drained")  # fmt: skip
         rows = conn.execute(
             schema.q("select job_id, finished_at from {s}.demo_ledger order by finished_at")
         ).fetchall()
-    done = [int(r[0]) for r in rows]
-    times = [r[1] for r in rows]
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    tally = Tally.of(run.enqueued, (int(r[0]) for r in rows))
     return {
-        "jobs_enqueued": len(run.enqueued),
-        "jobs_completed": len(set(done)),
-        "jobs_lost": len(set(run.enqueued) - set(done)),
-        "jobs_completed_twice": len(done) - len(set(done)),
-        "longest_processing_gap_s": round(max(gaps, default=0.0), 2),
+        "jobs_enqueued": tally.enqueued,
+        "jobs_completed": tally.completed,
+        "jobs_lost": len(tally.lost),
+        "jobs_completed_twice": len(tally.twice),
+        "longest_processing_gap_s": round(longest_gap_s(r[1] for r in rows), 2),
         "rollouts_s": {
             p.name: round((p.end or p.start) - p.start, 1)
             for p in run.phases
@@ -261,38 +216,21 @@ def _demo(args: argparse.Namespace) -> int:
     run = Run()
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
-        cluster: Cluster | RealNodeCluster
-        if args.real_node:
-            print("[demo] building images and starting the real node...", flush=True)
-            archive = node_archive(["demo"])
-            cluster = stack.enter_context(
-                RealNodeCluster(workdir / "cluster", image_archives=[archive])
-            )
-            pg = stack.enter_context(
-                LocalPostgres(also_listen=network.GATEWAY, trust_cidr=network.SUBNET)
-            )
-        else:
-            print("[demo] starting PostgreSQL and the local cluster...", flush=True)
-            pg = stack.enter_context(LocalPostgres())
-            cluster = stack.enter_context(Cluster(workdir / "cluster", images(workdir)))
+        cluster, pg = _start(stack, args, workdir)
         client = cluster.client()
-        install(client, pg.url, args.replicas)
-        if args.real_node:
-            apply_deploy(client)
-            wait_operator_ready(client)
-        else:
-            stack.enter_context(operator(cluster.kubeconfig, args.out / "operator.log"))
-        threads = [
-            threading.Thread(target=produce, args=(pg.url, run, args.rate, stop)),
-            threading.Thread(target=sample, args=(client, pg.url, run, stop)),
-        ]
-        for t in threads:
-            t.start()
+        # Enqueued from the start, before release 1 created the schema: those few are skipped.
+        producer = Producer(
+            pg.url, enqueue(SCHEMA, "send_receipt", lambda n: {"order_id": n}), 1 / args.rate,
+            tolerate=(psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName),
+        )  # fmt: skip
+        run.enqueued = producer.ids
+        sampler = threading.Thread(target=sample, args=(client, pg.url, run, stop))
+        sampler.start()
 
         def stop_threads() -> None:
             stop.set()
-            for t in threads:
-                t.join(10)
+            producer.stop()
+            sampler.join(10)
 
         stack.callback(stop_threads)
         with live_view(run, enabled=not args.no_live):
@@ -305,21 +243,55 @@ def _demo(args: argparse.Namespace) -> int:
             time.sleep(5)
             stop_threads()
         summary = summarize(pg.url, run)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        chart(run, args.out / "throughput.png")
-        print("\n[demo] summary")
-        for key, value in summary.items():
-            print(f"  {key:<28} {value}")
-        print(f"  written: {args.out / 'summary.json'}, {args.out / 'throughput.png'}")
-        if args.keep:
-            print(f"\n[demo] cluster kept up. Try:\n  export KUBECONFIG={cluster.kubeconfig}\n"
-                  f"  kubectl get wf -n {NAMESPACE} -w\n  kubectl describe wf -n {NAMESPACE} "
-                  f"{FLEET}\n  kubectl-workerfleet -n {NAMESPACE} status {FLEET}\n"
-                  "Ctrl-C tears everything down.")  # fmt: skip
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-        ok = summary["jobs_lost"] == 0 and summary["jobs_completed_twice"] == 0
-    return 0 if ok else 1
+        _report(summary, run, args, cluster.kubeconfig)
+    return 0 if summary["jobs_lost"] == 0 and summary["jobs_completed_twice"] == 0 else 1
+
+
+def _start(
+    stack: contextlib.ExitStack[bool | None], args: argparse.Namespace, workdir: Path
+) -> tuple[Cluster | RealNodeCluster, LocalPostgres]:
+    """PostgreSQL, the cluster, the fleet and the operator, each torn down by `stack`."""
+    cluster: Cluster | RealNodeCluster
+    if args.real_node:
+        print("[demo] building images and starting the real node...", flush=True)
+        archive = node_archive(["demo"])
+        cluster = stack.enter_context(
+            RealNodeCluster(workdir / "cluster", image_archives=[archive])
+        )
+        pg = stack.enter_context(
+            LocalPostgres(also_listen=network.GATEWAY, trust_cidr=network.SUBNET)
+        )
+    else:
+        print("[demo] starting PostgreSQL and the local cluster...", flush=True)
+        pg = stack.enter_context(LocalPostgres())
+        cluster = stack.enter_context(Cluster(workdir / "cluster", images(workdir)))
+    client = cluster.client()
+    install(client, pg.url, args.replicas)
+    if args.real_node:
+        apply_deploy(client)
+        wait_operator_ready(client)
+    else:
+        op = OperatorProcess(cluster.kubeconfig, args.out / "operator.log",
+                             env={"WORKERFLEET_RECONCILE_INTERVAL": "1"})  # fmt: skip
+        op.start()
+        stack.callback(op.stop)
+    return cluster, pg
+
+
+def _report(summary: dict[str, Any], run: Run, args: argparse.Namespace, kubeconfig: Path) -> None:
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    chart(run, args.out / "throughput.png")
+    print("\n[demo] summary")
+    for key, value in summary.items():
+        print(f"  {key:<28} {value}")
+    print(f"  written: {args.out / 'summary.json'}, {args.out / 'throughput.png'}")
+    if args.keep:
+        print(f"\n[demo] cluster kept up. Try:\n  export KUBECONFIG={kubeconfig}\n"
+              f"  kubectl get wf -n {NAMESPACE} -w\n  kubectl describe wf -n {NAMESPACE} "
+              f"{FLEET}\n  kubectl-workerfleet -n {NAMESPACE} status {FLEET}\n"
+              "Ctrl-C tears everything down.")  # fmt: skip
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
 
 
 if __name__ == "__main__":

@@ -3,11 +3,7 @@ the node agent runs as `fleet-worker` processes, and helpers to read fleets and 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +16,10 @@ from psycopg import sql
 from localcluster.cluster import install_crd
 from localcluster.images import Image
 from localcluster.kube import ApiError, Client
-from localcluster.procs import free_port
 from tests.conftest import APPS_DIR
 from tests.e2e.kind_backend import ClusterLike
-from tests.helpers import wait_for
+from workerfleet_dev import harness
+from workerfleet_dev.harness import wait_for
 from workerfleet_operator.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,45 +74,16 @@ def _image(app_dir: Path) -> Image:
     )
 
 
-class OperatorProcess:
-    """`kopf run` of our handlers with the admin kubeconfig, as a developer runs it."""
+class OperatorProcess(harness.OperatorProcess):
+    """The operator as the e2e suite runs it: a fast reconcile interval, its log and its
+    leader-election identity named after it (kept across restarts)."""
 
     def __init__(self, kubeconfig: Path, log_dir: Path, name: str = "operator") -> None:
-        self.kubeconfig = kubeconfig
-        self.log_dir = log_dir
-        self.name = name  # also its leader-election identity, kept across restarts
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = log_dir / f"{name}.log"
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
+        self.log_dir, self.name = log_dir, name
+        super().__init__(kubeconfig, log_dir / f"{name}.log", env={
             "WORKERFLEET_RECONCILE_INTERVAL": "0.5",
-            "WORKERFLEET_METRICS_PORT": str(self.metrics_port),
-            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
-            "WORKERFLEET_LEADER_IDENTITY": f"e2e-{self.name}",
-        }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "kopf"), "run", "--standalone", "--all-namespaces",
-             "-m", "workerfleet_operator.handlers"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+            "WORKERFLEET_LEADER_IDENTITY": f"e2e-{name}",
+        })  # fmt: skip
 
     def metrics(self) -> dict[str, float]:
         """The operator's Prometheus metrics, as name{labels} -> value."""
@@ -165,16 +132,20 @@ class FleetEnv:
             if exc.status == 404:
                 return True
             raise
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def gone() -> bool:
             try:
                 self.client.get(self.path)
             except ApiError as exc:
                 if exc.status == 404:
                     return True
                 raise
-            time.sleep(0.3)
-        return False
+            return False
+
+        try:
+            return wait_for(gone, timeout, 0.3, "the fleet deleted")
+        except harness.WaitTimeout:
+            return False
 
     def patch_spec(self, **spec: Any) -> dict[str, Any]:
         return self.client.merge_patch(self.path, {"spec": spec})

@@ -12,7 +12,6 @@ import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import urllib3
@@ -23,22 +22,11 @@ from kubernetes.client.exceptions import ApiException
 from localcluster.bins import K8S_VERSION
 from localcluster.cluster import Cluster
 from localcluster.kube import ApiError, Client, Obj
+from workerfleet_dev.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 IMAGES = Path(__file__).parent / "images"
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def pod(k8s: Client, ns: str, name: str) -> Obj:
@@ -57,7 +45,7 @@ def wait_pod(
         return pred(p)
 
     try:
-        wait_for(check, timeout, f"{ns}/{name}: {getattr(pred, '__name__', 'condition')}")
+        wait_for(check, timeout, what=f"{ns}/{name}: {getattr(pred, '__name__', 'condition')}")
     except AssertionError as e:
         raise AssertionError(f"{e}; last status: {json.dumps(seen[-1].get('status'))}") from None
     return seen[-1]
@@ -169,9 +157,9 @@ def test_control_plane_serves_crds_with_tls_and_rbac(
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     crd_name = "widgets.e2e.workerfleet.dev"
-    wait_for(established, 30, "CRD Established")
+    wait_for(established, 30, what="CRD Established")
     base = "/apis/e2e.workerfleet.dev/v1/namespaces/default/widgets"
-    rv = wait_for(lambda: k8s.get(base)["metadata"]["resourceVersion"], 30, "CRD served")
+    rv = wait_for(lambda: k8s.get(base)["metadata"]["resourceVersion"], 30, what="CRD served")
     k8s.create(base, {"apiVersion": "e2e.workerfleet.dev/v1", "kind": "Widget",
                       "metadata": {"name": "w1"}, "spec": {"size": 3}})  # fmt: skip
     events = k8s.watch(base, rv, timeout_s=10)
@@ -285,7 +273,7 @@ def test_pod_probe_env_secrets_sigterm(
     log_path = local_cluster.agent.log_path(ns, "web")
     t1 = time.monotonic()
     k8s.delete(f"/api/v1/namespaces/{ns}/pods/web")
-    wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/web"), 15, "pod removed")
+    wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/web"), 15, what="pod removed")
     took = time.monotonic() - t1
     assert took < 5, f"pod removal took {took:.1f}s; the app exits at once on SIGTERM"
     assert not running(pid)
@@ -315,10 +303,10 @@ def test_sigkill_after_grace_period(k8s_client: Client, kube_namespace: str) -> 
         },
     }
     k8s.create(f"/api/v1/namespaces/{ns}/pods", spec)
-    wait_for(lambda: ready(pod(k8s, ns, "stubborn")), 20, "pod Ready")
+    wait_for(lambda: ready(pod(k8s, ns, "stubborn")), 20, what="pod Ready")
     t0 = time.monotonic()
     k8s.delete(f"/api/v1/namespaces/{ns}/pods/stubborn")
-    wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/stubborn"), 15, "pod removed")
+    wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/stubborn"), 15, what="pod removed")
     took = time.monotonic() - t0
     assert 1.8 <= took < 6, f"SIGTERM is ignored, so removal waits the 2s grace; took {took:.1f}s"
 
@@ -389,7 +377,7 @@ def test_job_runs_to_completion(
         done = any(c["type"] == "Complete" and c["status"] == "True" for c in conds)
         return job if done else None
 
-    job = wait_for(complete, 30, "Job Complete")
+    job = wait_for(complete, 30, what="Job Complete")
     assert job["status"]["succeeded"] == 2
     pods = k8s.get(
         f"/api/v1/namespaces/{ns}/pods",
@@ -416,7 +404,9 @@ def test_deleting_owner_garbage_collects_pods(k8s_client: Client, kube_namespace
         items: list[Obj] = k8s.get(f"/api/v1/namespaces/{ns}/pods")["items"]
         return items
 
-    wait_for(lambda: len(pods()) == 2 and all(ready(p) for p in pods()), 30, "2 ready replicas")
+    wait_for(
+        lambda: len(pods()) == 2 and all(ready(p) for p in pods()), 30, what="2 ready replicas"
+    )
     deploy = k8s.get(f"/apis/apps/v1/namespaces/{ns}/deployments/sleepers")
     assert deploy["status"].get("readyReplicas") == 2 or wait_for(
         lambda: (
@@ -426,7 +416,7 @@ def test_deleting_owner_garbage_collects_pods(k8s_client: Client, kube_namespace
             == 2
         ),
         15,
-        "deployment readyReplicas",
+        what="deployment readyReplicas",
     )
     pids = [
         int(p["status"]["containerStatuses"][0]["containerID"].removeprefix("localcluster://"))
@@ -436,7 +426,7 @@ def test_deleting_owner_garbage_collects_pods(k8s_client: Client, kube_namespace
         f"/apis/apps/v1/namespaces/{ns}/deployments/sleepers",
         {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"},
     )
-    wait_for(lambda: not pods(), 30, "pods garbage-collected")
+    wait_for(lambda: not pods(), 30, what="pods garbage-collected")
     assert not k8s.get(f"/apis/apps/v1/namespaces/{ns}/replicasets")["items"]
     assert not any(running(pid) for pid in pids)
 

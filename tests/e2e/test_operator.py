@@ -5,7 +5,6 @@ running worker pods as `fleet-worker` processes, a real PostgreSQL, and the oper
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -26,10 +25,11 @@ from tests.e2e.operator_env import (
     register_operator_image,
     wait_until,
 )
-from tests.helpers import Producer
+from tests.helpers import Tally, stream_jobs
 from tests.integration.test_leases import make_spans
 from workerfleet_dev.deploy import apply_deploy, operator_ready
 from workerfleet_dev.gotools import HELM, ensure
+from workerfleet_dev.harness import longest_gap_s
 from workerfleet_operator.metrics import PHASES
 
 pytestmark = pytest.mark.e2e
@@ -44,21 +44,14 @@ def ledger(env: FleetEnv) -> list[tuple[int, str, datetime]]:
 
 def assert_exactly_once(env: FleetEnv, enqueued: list[int]) -> None:
     wait_until(lambda: env.q("select count(*) from {s}.jobs") == [(0,)], 60, "queue drained")
-    runs = [j for j, _, _ in ledger(env)]
-    twice = sorted({j for j in runs if runs.count(j) > 1})
+    tally = Tally.of(enqueued, (j for j, _, _ in ledger(env)))
     detail = env.q(
         "select l.job_id, l.version, l.pool_id::text, l.started_at, p.state, p.reason "
         "from {s}.ledger l join {s}.pools p using (pool_id) where l.job_id = any(%s) "
         "order by l.id",
-        [twice],
+        [list(tally.twice)],
     )
-    assert not twice, f"job(s) ran twice: {detail}"
-    assert sorted(runs) == sorted(enqueued), "a job was lost"
-
-
-def longest_gap_s(env: FleetEnv) -> float:
-    times = sorted(t for _, _, t in ledger(env))
-    return max(((b - a).total_seconds() for a, b in itertools.pairwise(times)), default=0.0)
+    assert tally.exactly_once, f"{tally.describe()}; the runs of those twice: {detail}"
 
 
 def test_apply_brings_pods_ready_and_pools_active(fleet: FleetEnv) -> None:
@@ -83,7 +76,7 @@ def bump_under_stream(fleet: FleetEnv, start: str, target: str) -> float:
     once. Returns the rollout's duration in seconds."""
     fleet.apply(start, replicas=REPLICAS)
     fleet.wait_ready(start)
-    producer = Producer(fleet.url, fleet.schema, every_s=0.02)
+    producer = stream_jobs(fleet.url, fleet.schema, every_s=0.02)
     try:
         wait_until(lambda: len(ledger(fleet)) > 20, 30, "jobs flowing")
         started = time.monotonic()
@@ -129,7 +122,7 @@ def test_safe_bump_migrates_first_then_replaces_pods_one_at_a_time(
         j["metadata"]["annotations"]["workerfleet.dev/migration-target"] for j in fleet.jobs()
     ]
     assert targets.count("app/0002") == 1, targets
-    gap = longest_gap_s(fleet)
+    gap = longest_gap_s(t for _, _, t in ledger(fleet))
     print(f"\nsafe rollout of {REPLICAS} replicas: {rollout_s:.1f}s, longest gap {gap:.2f}s")
     assert gap < 5, "processing must not stop during a safe rollout"
 
@@ -146,7 +139,7 @@ def test_breaking_bump_migrates_only_after_the_last_old_pool_stopped(fleet: Flee
     assert "MigrationStarted" in reasons
     print(
         f"\nbreaking rollout of {REPLICAS} replicas: {rollout_s:.1f}s, longest completion gap "
-        f"{longest_gap_s(fleet):.2f}s"
+        f"{longest_gap_s(t for _, _, t in ledger(fleet)):.2f}s"
     )
 
 

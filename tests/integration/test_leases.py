@@ -14,7 +14,7 @@ from psycopg import sql
 
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.queue import JobSpec, add_jobs
-from tests.helpers import FAST, Producer, TcpProxy, WorkerProcess, pool_states, q, wait_for
+from tests.helpers import FAST, TcpProxy, WorkerProcess, pool_states, q, stream_jobs, wait_for
 from tests.integration.test_worker_process import V1, active_pools, install, remaining
 
 pytestmark = pytest.mark.integration
@@ -72,11 +72,7 @@ def gaps(conn: psycopg.Connection, schema: str) -> list[float]:
 
 def wait_exit(worker: WorkerProcess, conn: psycopg.Connection, timeout: float) -> tuple[int, str]:
     """The exit code, and an upper bound of when the process ended on the database clock."""
-    deadline = time.monotonic() + timeout
-    while worker.proc.poll() is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the worker did not exit within {timeout}s")
-        time.sleep(0.01)
+    wait_for(lambda: worker.proc.poll() is not None, timeout, 0.01, "the worker to exit")
     [(now,)] = conn.execute("select clock_timestamp()::text").fetchall()
     return int(worker.proc.returncode), str(now)
 
@@ -252,7 +248,7 @@ def test_an_outage_of_twice_the_threshold_under_a_stream(
         )
         for _ in range(3)
     ]
-    producer = Producer(
+    producer = stream_jobs(
         database_url, schema_name, every_s=0.02, task="span_async", payload={"s": 0.3}
     )
     try:

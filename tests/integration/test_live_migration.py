@@ -12,7 +12,7 @@ import pytest
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.exit_codes import ExitCode
-from tests.helpers import FAST, Producer, WorkerProcess, q, wait_for
+from tests.helpers import FAST, Tally, WorkerProcess, q, stream_jobs, wait_for
 
 pytestmark = pytest.mark.integration
 V1, V2, V3 = (f"fleet_test_apps.v{i}" for i in (1, 2, 3))
@@ -50,8 +50,8 @@ def assert_nothing_lost_nothing_twice(
         what="queue drained",
     )
     runs = [int(r[0]) for r in q(conn, schema, "select job_id from {s}.ledger")]
-    assert len(runs) == len(set(runs)), "a job ran twice"
-    assert sorted(runs) == sorted(enqueued), "a job was lost"
+    tally = Tally.of(enqueued, runs)
+    assert tally.exactly_once, tally.describe()
 
 
 def test_safe_then_breaking_rollout_loses_nothing(
@@ -68,7 +68,7 @@ def test_safe_then_breaking_rollout_loses_nothing(
     try:
         v1 = start(V1)
         wait_for(lambda: active_versions(conn, s) == ["1.0.0"], what="v1 active")
-        producer = Producer(url, s)
+        producer = stream_jobs(url, s)
 
         # v2's migration is safe: applied at once, v1 keeps running beside v2.
         v2 = start(V2)
@@ -150,7 +150,7 @@ def test_a_stuck_old_pool_is_evicted_after_the_wait(
         )
         # The running attempt already holds its payload; the rerun after eviction is quick.
         q(conn, s, "update {s}.jobs set payload = '{{}}' where id = %s returning 1", [long_id])
-        producer = Producer(url, s)
+        producer = stream_jobs(url, s)
         v3 = WorkerProcess(url, s, V3, tmp_path, *FAST, "--max-migration-wait-time", "3s")
         workers.append(v3)
         wait_for(lambda: "app/0003" in applied(conn, s), timeout=30, what="forced migration")

@@ -19,7 +19,7 @@ from fleet_worker.migrate import activate, evict_outdated_pools, migrate
 from fleet_worker.pools import PoolIdentity, declare_dead, register_pool
 from fleet_worker.queue import JobSpec, add_jobs
 from fleet_worker.recovery import sweep, unlock_orphans
-from tests.helpers import FAST, TcpProxy, WorkerProcess, kill, q, wait_for
+from tests.helpers import FAST, TcpProxy, WorkerProcess, q, wait_for
 from tests.integration.test_leases import make_spans, spans
 from tests.integration.test_queue import fetch
 from tests.integration.test_worker_process import V1, install, remaining
@@ -143,7 +143,7 @@ def test_a_killed_worker_s_charge_is_failed_and_its_other_work_runs_again(
     rescuer: WorkerProcess | None = None
     try:
         wait_for(lambda: len(spans(conn, schema_name)) == 2, what="both jobs started")
-        kill(victim)
+        victim.kill()
         q(conn, schema_name, "update {s}.jobs set payload = '{{\"s\": 0}}' returning id")
         rescuer = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
         wait_for(lambda: remaining(conn, schema_name) == 1, timeout=30, what="the retry done")

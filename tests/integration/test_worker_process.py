@@ -20,7 +20,7 @@ from fleet_worker.db import Schema
 from fleet_worker.exit_codes import ExitCode
 from fleet_worker.migrate import migrate
 from fleet_worker.queue import JobSpec, add_jobs
-from tests.helpers import FAST, WorkerProcess, kill, pool_states, q, wait_for
+from tests.helpers import FAST, WorkerProcess, pool_states, q, wait_for
 
 pytestmark = pytest.mark.integration
 V1 = "fleet_test_apps.v1"
@@ -65,7 +65,7 @@ def test_sigkill_mid_job_the_job_runs_again_after_the_threshold(
     try:
         wait_for(lambda: len(ledger(conn, schema_name)) == 3, what="jobs started")
         [dead_pool] = active_pools(conn, schema_name)
-        kill(victim)
+        victim.kill()
         # Make the rerun fast: the recovered attempts should not sleep again.
         q(conn, schema_name, "update {s}.jobs set payload = '{{}}' returning id")
         rescuer = WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST)
@@ -311,11 +311,11 @@ def test_rolling_restarts_under_a_stream_run_every_job_exactly_once(
 ) -> None:
     """SIGTERM workers one after another while jobs stream in: completions in flight at
     shutdown must land before the pool releases what it holds, or a finished job reruns."""
-    from tests.helpers import Producer
+    from tests.helpers import stream_jobs
 
     install(conn, schema_name)
     workers = [WorkerProcess(database_url, schema_name, V1, tmp_path, *FAST) for _ in range(2)]
-    producer = Producer(database_url, schema_name, every_s=0.002, sleep_s=0.0)
+    producer = stream_jobs(database_url, schema_name, every_s=0.002, sleep_s=0.0)
     try:
         for _ in range(8):
             wait_for(lambda: len(active_pools(conn, schema_name)) >= 2, what="two active pools")

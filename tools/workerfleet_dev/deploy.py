@@ -4,7 +4,6 @@ operator from the same manifests a user applies."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 
 from localcluster.kube import ApiError, Client
+from workerfleet_dev.harness import WaitTimeout, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "workerfleet-system"
@@ -73,9 +73,8 @@ def operator_ready(client: Client) -> bool:
 
 
 def wait_operator_ready(client: Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not operator_ready(client):
-        if time.monotonic() > deadline:
-            states = [(p["metadata"]["name"], p.get("status")) for p in operator_pods(client)]
-            raise TimeoutError(f"operator pod not Ready in {timeout:.0f}s: {states}")
-        time.sleep(0.5)
+    try:
+        wait_for(lambda: operator_ready(client), timeout, 0.5, "the operator pod Ready")
+    except WaitTimeout as exc:
+        states = [(p["metadata"]["name"], p.get("status")) for p in operator_pods(client)]
+        raise WaitTimeout(f"{exc}: {states}") from None

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from localcluster.realnode import cleanup
 from localcluster.realnode.cluster import RealNodeCluster
 from localcluster.realnode.layout import Layout
 from tests.e2e.kind_backend import ClusterLike
+from workerfleet_dev.harness import WaitTimeout, wait_for
 from workerfleet_dev.images import WORKER_IMAGE
 
 pytestmark = pytest.mark.e2e
@@ -42,14 +44,17 @@ POD = {
 
 def _wait_ready(cluster: RealNodeCluster, ns: str, timeout: float = 60) -> None:
     client = cluster.client()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pod = client.get(f"/api/v1/namespaces/{ns}/pods/web")
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"pod not Ready: {pod.get('status')}")
+    seen: list[Any] = []
+
+    def ready() -> bool:
+        seen[:] = [client.get(f"/api/v1/namespaces/{ns}/pods/web").get("status") or {}]
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in seen[0].get("conditions") or [])  # fmt: skip
+
+    try:
+        wait_for(ready, timeout, 0.3, "pod web Ready")
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; its status: {seen[0] if seen else None}") from None
 
 
 def test_the_node_is_a_real_kubelet_on_containerd(local_cluster: ClusterLike) -> None:
@@ -102,15 +107,13 @@ def test_the_gateway_keeps_its_mac_while_pods_come_and_go(
         pod = {**POD, "metadata": {"name": name}}
         client.create(f"/api/v1/namespaces/{kube_namespace}/pods", pod)
     seen = set()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def all_running() -> bool:
         seen.add(_bridge_mac(lay.bridge))
         pods = [client.get(f"/api/v1/namespaces/{kube_namespace}/pods/{n}") for n in names]
-        if all((p.get("status") or {}).get("phase") == "Running" for p in pods):
-            break
-        time.sleep(0.2)
-    else:
-        raise TimeoutError("churn pods not Running")
+        return all((p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+    wait_for(all_running, 90, 0.2, "the churn pods Running")
     ports = _port_macs(lay.bridge)
     assert len(ports) >= len(names)
     for name in names:
