@@ -840,31 +840,38 @@ class _Planner:
         )
 
     def _pods(self) -> Plan:
-        spec = self.spec
-        replicas = spec.replicas
-        pods, new, old = self.pods, self.new, self.old
+        """The pods toward the spec: replace old ones one server at a time, then scale."""
+        if self.old:
+            return self._replace_old()
+        return self._scale() or self._settled()
+
+    def _replace_old(self) -> Plan:
+        replicas, new = self.spec.replicas, self.new
         draining = [p for p in self.fleet_pools if p.state == PoolState.DRAINING]
-        if old:
-            if self.terminating or draining:
-                who = self.terminating[0].name if self.terminating else draining[0].pool_id
-                return self.finish(
-                    NoAction("one server at a time"),
-                    FleetPhase.ROLLING_OUT,
-                    f"waiting for {who} to stop",
-                )
-            if len(new) < replicas:
-                msg = f"{len(new)}/{replicas} pods at version {spec.version}"
-                step = self._make_room(CreatePod("surge"), msg)
-            else:
-                step = self._delete_old()
-            if step is not None:
-                return step
-            ready_new = sum(1 for p in new if p.ready)
-            return self._cannot_start() or self.finish(
-                NoAction("waiting for new pods to be ready"),
+        if self.terminating or draining:
+            who = self.terminating[0].name if self.terminating else draining[0].pool_id
+            return self.finish(
+                NoAction("one server at a time"),
                 FleetPhase.ROLLING_OUT,
-                f"{ready_new}/{replicas} new pods ready",
+                f"waiting for {who} to stop",
             )
+        if len(new) < replicas:
+            msg = f"{len(new)}/{replicas} pods at version {self.spec.version}"
+            step = self._make_room(CreatePod("surge"), msg)
+        else:
+            step = self._delete_old()
+        if step is not None:
+            return step
+        ready_new = sum(1 for p in new if p.ready)
+        return self._cannot_start() or self.finish(
+            NoAction("waiting for new pods to be ready"),
+            FleetPhase.ROLLING_OUT,
+            f"{ready_new}/{replicas} new pods ready",
+        )
+
+    def _scale(self) -> Plan | None:
+        """One pod more or fewer, when the count is not the spec's."""
+        pods, replicas = self.pods, self.spec.replicas
         if len(pods) < replicas:
             if not self._has_room:
                 return self.finish(
@@ -884,7 +891,12 @@ class _Planner:
                 FleetPhase.SCALING,
                 f"{len(pods)}/{replicas} pods: removing {victim.name}",
             )
-        if self.terminating or not all(p.ready for p in pods):
+        return None
+
+    def _settled(self) -> Plan:
+        """The right pods: Ready once they all are (or scaled to zero, saying what waits)."""
+        replicas = self.spec.replicas
+        if self.terminating or not all(p.ready for p in self.pods):
             return self._cannot_start() or self.finish(
                 NoAction("waiting for readiness"),
                 FleetPhase.ROLLING_OUT,
@@ -904,7 +916,7 @@ class _Planner:
         return self.finish(
             NoAction("up to date"),
             FleetPhase.READY,
-            f"{replicas} pod(s) of version {spec.version} ready",
+            f"{replicas} pod(s) of version {self.spec.version} ready",
         )
 
 

@@ -36,6 +36,7 @@ from workerfleet_operator.planner import (
     CreatePod,
     DeleteJob,
     DeletePod,
+    Event,
     EvictOutdated,
     NoAction,
     Plan,
@@ -182,14 +183,7 @@ def reconcile(
     try:
         spec = WorkerFleetSpec.model_validate(spec_data)
     except pydantic.ValidationError as exc:
-        # The CRD schema rejects almost everything; this catches what it cannot express.
-        status = invalid_spec_status(generation, exc)
-        clients.custom.patch_namespaced_custom_object_status(
-            "workerfleet.dev", "v1alpha1", namespace, "workerfleets", name,
-            {"status": status.model_dump(by_alias=True, mode="json")},
-        )  # fmt: skip
-        METRICS.observe_reconcile(time.perf_counter() - started, "invalid", "NoAction")
-        METRICS.observe_fleet(namespace, name, status)
+        _report_invalid_spec(clients, name, namespace, generation, exc, started)
         return None
     revision = builders.revision(name, spec, namespace)
     laps = Laps()
@@ -208,30 +202,50 @@ def reconcile(
         now=now or datetime.now(UTC), previous=previous, namespace=namespace,
     )  # fmt: skip
     laps.lap("plan")
-    fleet = Fleet(
-        name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
-        core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs,
-        events=clients.events, children=clients.children, url=url,
-    )  # fmt: skip
-    status = result.status
     action_name = action_label(result.action)
     if not clients.is_leader():
         # Lost the lease while observing: the new leader acts; writing this plan's status
         # or acting on it now could undo or double what the leader does.
         METRICS.observe_reconcile(time.perf_counter() - started, "not-leader", action_name)
         return None
-
-    def refused(why: str) -> WorkerFleetStatus:
-        return action_refused(
+    fleet = Fleet(
+        name=name, namespace=namespace, uid=uid, spec=spec, revision=revision,
+        core=clients.core, batch=clients.batch, custom=clients.custom, dbs=clients.dbs,
+        events=clients.events, children=clients.children, url=url,
+    )  # fmt: skip
+    outcome, why = _carry_out(fleet, result.action, clients)
+    status = result.status
+    if why is not None:
+        status = action_refused(
             status, previous, generation=generation, now=now or datetime.now(UTC),
             what=describe_action(result.action), why=why,
         )  # fmt: skip
-
-    outcome, why = _carry_out(fleet, result.action, clients)
-    if why is not None:
-        status = refused(why)
     laps.lap("act")
-    for type_, reason, message in result.events:
+    _publish(fleet, clients, result.events, status, status_data, laps)
+    METRICS.observe_reconcile(time.perf_counter() - started, outcome, action_name, laps.phases)
+    return Step(result, outcome)
+
+
+def _report_invalid_spec(
+    clients: Clients, name: str, namespace: str, generation: int,
+    exc: pydantic.ValidationError, started: float,
+) -> None:  # fmt: skip
+    # The CRD schema rejects almost everything; this catches what it cannot express.
+    status = invalid_spec_status(generation, exc)
+    clients.custom.patch_namespaced_custom_object_status(
+        "workerfleet.dev", "v1alpha1", namespace, "workerfleets", name,
+        {"status": status.model_dump(by_alias=True, mode="json")},
+    )  # fmt: skip
+    METRICS.observe_reconcile(time.perf_counter() - started, "invalid", EventReason.NO_ACTION)
+    METRICS.observe_fleet(namespace, name, status)
+
+
+def _publish(
+    fleet: Fleet, clients: Clients, events: list[Event], status: WorkerFleetStatus,
+    status_data: dict[str, Any] | None, laps: Laps,
+) -> None:  # fmt: skip
+    """The plan's Events, then the status, if it changed and this replica still leads."""
+    for type_, reason, message in events:
         post_event(fleet, type_, reason, message)
     laps.lap("events")
     # Unchanged status is not written again: at rest a fleet costs the API server nothing.
@@ -240,10 +254,8 @@ def reconcile(
     )
     if clients.is_leader() and not unchanged:  # the lease may have been lost while acting
         write_status(fleet, status)
-    METRICS.observe_fleet(namespace, name, status)
+    METRICS.observe_fleet(fleet.namespace, fleet.name, status)
     laps.lap("status")
-    METRICS.observe_reconcile(time.perf_counter() - started, outcome, action_name, laps.phases)
-    return Step(result, outcome)
 
 
 class Laps:

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import pydantic
 
@@ -109,7 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleet-worker", description=__doc__)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_run_parser, _migrate_parser, _status_parser, _unlock_orphans_parser,
+                        _jobs_parser, _add_job_parser):  # fmt: skip
+        add_command(sub)
+    return parser
 
+
+# argparse names no public type for it; the subcommands are _Parsers, as the top is.
+Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def _run_parser(sub: Subparsers) -> None:
     run = sub.add_parser("run", help="run a worker process (one pool)")
     _common(run)
     run.add_argument("--app", default=_env("FLEET_APP"), help="module[:attr] of the App")
@@ -137,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-host", default=None, help="default: $POD_IP or 127.0.0.1")
     run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8080") or 8080))
 
+
+def _migrate_parser(sub: Subparsers) -> None:
     mig = sub.add_parser(
         "migrate",
         help="apply pending migrations (safe at once, breaking once no live outdated pool remains)",
@@ -154,11 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("--sweep-threshold", type=_duration, default=_default("sweep_threshold"))
 
+
+def _status_parser(sub: Subparsers) -> None:
     st = sub.add_parser("status", help="schema, pools with liveness, queue counts")
     _common(st)
     st.add_argument("--json", action="store_true")
     st.add_argument("--sweep-threshold", type=_duration, default=_default("sweep_threshold"))
 
+
+def _unlock_orphans_parser(sub: Subparsers) -> None:
     orphan = sub.add_parser(
         "unlock-orphans",
         help="release jobs locked by anything that is "
@@ -167,12 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(orphan)
     orphan.add_argument("--dry-run", action="store_true")
 
+
+def _jobs_parser(sub: Subparsers) -> None:
     jobs = sub.add_parser(
         "jobs", help="list, inspect, retry, reschedule, cancel or fail jobs; unlock a pool's"
     )
     _common(jobs)
     jobs_cli.add_arguments(jobs)
 
+
+def _add_job_parser(sub: Subparsers) -> None:
     add = sub.add_parser("add-job", help="enqueue a job")
     _common(add)
     add.add_argument("task")
@@ -185,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--app", default=_env("FLEET_APP"), help="reject task names the app does not define"
     )
-    return parser
 
 
 def _app(spec: str | None) -> App | None:

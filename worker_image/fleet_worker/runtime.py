@@ -1004,26 +1004,53 @@ class Worker:
         if self.pool_id is None:
             return
         if self.running:
-            with contextlib.suppress(DatabaseUnavailableError, psycopg.Error):
-                await self._set_state(PoolState.DRAINING, self.exit_reason)
-            log.info("draining: waiting for %d running job(s)", len(self.running))
-            jobs = [r.task for r in self.running.values() if r.task is not None]
-
-            async def all_finished() -> None:
-                await asyncio.gather(*jobs, return_exceptions=True)
-
-            async def forced() -> None:
-                await self._force.wait()
-
-            waiters = [asyncio.create_task(all_finished()), asyncio.create_task(forced())]
-            await asyncio.wait(
-                waiters,
-                timeout=self.settings.graceful_shutdown_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for waiter in waiters:
-                waiter.cancel()
+            await self._wait_for_running()
         leftovers = list(self.running)
+        still_running = await self._stop_running()
+        await self._flush_completions(timeout=5)
+        try:
+            released = await self.maintenance.run(
+                self._exit_transaction(self.pool_id, still_running)
+            )
+        except (DatabaseUnavailableError, psycopg.Error) as exc:
+            log.error("could not release jobs at shutdown (the sweep will): %s", exc)
+            if code in (None, ExitCode.OK):
+                self.exit_code = ExitCode.ERROR
+            return
+        if leftovers or released:
+            log.warning("released %d job(s) still running at shutdown: %s", released, leftovers)
+        if still_running:
+            log.warning(
+                "job(s) %s ignore cancellation: left locked until this pool's lease runs out "
+                "(%.0fs), so no other worker runs them alongside", still_running,
+                self.lease.threshold,
+            )  # fmt: skip
+        self.exit_code = code
+
+    async def _wait_for_running(self) -> None:
+        """Up to the graceful timeout for the running jobs to end, or until forced."""
+        with contextlib.suppress(DatabaseUnavailableError, psycopg.Error):
+            await self._set_state(PoolState.DRAINING, self.exit_reason)
+        log.info("draining: waiting for %d running job(s)", len(self.running))
+        jobs = [r.task for r in self.running.values() if r.task is not None]
+
+        async def all_finished() -> None:
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+        async def forced() -> None:
+            await self._force.wait()
+
+        waiters = [asyncio.create_task(all_finished()), asyncio.create_task(forced())]
+        await asyncio.wait(
+            waiters,
+            timeout=self.settings.graceful_shutdown_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _stop_running(self) -> list[int]:
+        """Cancel what still runs; returns the jobs whose code carries on regardless."""
         # A snapshot: a sync job leaves `running` when its asyncio task is cancelled, while
         # its thread runs on.
         runs = list(self.running.values())
@@ -1035,10 +1062,14 @@ class Worker:
             if not any(r.executing() for r in runs):
                 break
             await asyncio.sleep(0.02)
-        still_running = [r.job.id for r in runs if r.executing()]
-        await self._flush_completions(timeout=5)
+        return [r.job.id for r in runs if r.executing()]
+
+    def _exit_transaction(
+        self, pool_id: str, still_running: list[int]
+    ) -> Callable[[psycopg.Connection], int]:
+        """The pool's last transaction: record what finished, give back what never started,
+        release the rest (but `still_running`) and stop the pool. Returns the jobs released."""
         reason = self.exit_reason or "stopped"
-        pool_id = self.pool_id
         # Finished but not yet recorded (the jobs connection may be what failed): complete
         # them here first, fenced as always, so that releasing cannot hand them out again.
         finished = [*self._completing, *self._to_complete]
@@ -1058,22 +1089,7 @@ class Worker:
                     stop_pool(conn, self.schema, pool_id, reason=reason)
             return released
 
-        try:
-            released = await self.maintenance.run(finish)
-        except (DatabaseUnavailableError, psycopg.Error) as exc:
-            log.error("could not release jobs at shutdown (the sweep will): %s", exc)
-            if code in (None, ExitCode.OK):
-                self.exit_code = ExitCode.ERROR
-            return
-        if leftovers or released:
-            log.warning("released %d job(s) still running at shutdown: %s", released, leftovers)
-        if still_running:
-            log.warning(
-                "job(s) %s ignore cancellation: left locked until this pool's lease runs out "
-                "(%.0fs), so no other worker runs them alongside", still_running,
-                self.lease.threshold,
-            )  # fmt: skip
-        self.exit_code = code
+        return finish
 
     def _complete_at_exit(
         self, conn: psycopg.Connection, finished: list[Job], pool_id: str
