@@ -29,7 +29,7 @@ def test_an_unexpected_error_reaches_stop_and_a_tolerated_one_skips_the_job(
     missing = enqueue("no_such_schema", "work", {})
     failing = Producer(database_url, missing, 0.01)
     time.sleep(0.2)
-    with pytest.raises(RuntimeError, match="the producer stopped: .*no_such_schema"):
+    with pytest.raises(RuntimeError, match=r"the producer stopped: .*no_such_schema"):
         failing.stop()
     tolerant = Producer(database_url, missing, 0.01, tolerate=(psycopg.errors.Error,))
     time.sleep(0.2)
