@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 
 from fleet_worker.catalog import Catalog
 from fleet_worker.db import Schema
@@ -18,6 +19,11 @@ from fleet_worker.migrate import migrate
 
 APPS_DIR = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS_DIR))
+
+# Properties are about results, not speed: on a loaded CI machine one slow example (a GC
+# pause, a cold import) must not fail a property with DeadlineExceeded.
+settings.register_profile("workerfleet", deadline=None)
+settings.load_profile("workerfleet")
 
 
 def postgres_url(also_listen: str | None = None, trust_cidr: str | None = None) -> Iterator[str]:

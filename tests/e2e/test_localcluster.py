@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -275,7 +277,8 @@ def test_pod_probe_env_secrets_sigterm(
     k8s.delete(f"/api/v1/namespaces/{ns}/pods/web")
     wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/web"), 15, what="pod removed")
     took = time.monotonic() - t1
-    assert took < 5, f"pod removal took {took:.1f}s; the app exits at once on SIGTERM"
+    # Far below the 30 s grace that a process ignoring SIGTERM would be given.
+    assert took < 15, f"pod removal took {took:.1f}s; the app exits at once on SIGTERM"
     assert not running(pid)
     logs = log_path.read_text()
     assert "got SIGTERM" in logs
@@ -308,7 +311,7 @@ def test_sigkill_after_grace_period(k8s_client: Client, kube_namespace: str) -> 
     k8s.delete(f"/api/v1/namespaces/{ns}/pods/stubborn")
     wait_for(lambda: gone(k8s, f"/api/v1/namespaces/{ns}/pods/stubborn"), 15, what="pod removed")
     took = time.monotonic() - t0
-    assert 1.8 <= took < 6, f"SIGTERM is ignored, so removal waits the 2s grace; took {took:.1f}s"
+    assert 1.8 <= took < 12, f"SIGTERM is ignored, so removal waits the 2s grace; took {took:.1f}s"
 
 
 def test_crashing_container_backs_off(k8s_client: Client, kube_namespace: str) -> None:
@@ -319,13 +322,17 @@ def test_crashing_container_backs_off(k8s_client: Client, kube_namespace: str) -
     })  # fmt: skip
     seen_backoff = False
     restart_times: dict[int, float] = {}
+    delays: dict[float, None] = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = pod(k8s, ns, "crasher").get("status", {}).get("containerStatuses") or []
         if status:
             cs = status[0]
             restart_times.setdefault(cs["restartCount"], time.monotonic())
-            seen_backoff |= cs["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            waiting = cs["state"].get("waiting", {})
+            seen_backoff |= waiting.get("reason") == "CrashLoopBackOff"
+            if m := re.match(r"back-off ([\d.]+)s restarting", waiting.get("message", "")):
+                delays.setdefault(float(m[1]), None)  # in the order seen
             if cs["restartCount"] >= 4 and seen_backoff:
                 assert cs["lastState"]["terminated"]["exitCode"] == 3
                 assert cs["lastState"]["terminated"]["reason"] == "Error"
@@ -334,10 +341,11 @@ def test_crashing_container_backs_off(k8s_client: Client, kube_namespace: str) -
     else:
         raise AssertionError(f"no crash loop: restarts seen at {restart_times}")
     assert pod(k8s, ns, "crasher")["status"]["phase"] == "Running"
-    # Back-off doubles (1s, 2s with the test fixture's settings): later gaps are longer.
-    gap_2_3 = restart_times[3] - restart_times[2]
-    gap_3_4 = restart_times[4] - restart_times[3]
-    assert gap_3_4 > gap_2_3 + 0.5, restart_times
+    # Back-off doubles (1s, 2s, 4s with the test fixture's settings), as the agent reports it
+    # (wall-clock gaps between restarts would also measure this machine's load). A poll may
+    # miss a short state, so a seen delay is at least double the one seen before it.
+    seen = list(delays)
+    assert len(seen) >= 2 and all(b in (2 * a, 4 * a) for a, b in pairwise(seen)), seen
 
 
 def test_unknown_image_is_reported(k8s_client: Client, kube_namespace: str) -> None:

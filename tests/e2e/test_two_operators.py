@@ -49,7 +49,10 @@ def test_two_replicas_take_turns_and_keep_the_limits(
         )  # fmt: skip
         takeover = time.monotonic() - killed
         print(f"takeover after the leader was SIGKILLed: {takeover:.1f}s")
-        assert takeover < 15 + 2 + 5  # lease duration + retry period + slack
+        # The lease duration after the last renewal, seen up to a retry period late, plus a
+        # retry period to acquire; the slack is for a loaded machine. A replica that never
+        # took over, or waited for anything else, fails it.
+        assert takeover < 15 + 2 * 2 + 10
         fleet.patch_spec(version="3")
         fleet.wait_ready("3", timeout=180)
     finally:

@@ -3,8 +3,6 @@ queue holds, and an error it was not told to expect is not swallowed."""
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 
@@ -27,10 +25,17 @@ def test_an_unexpected_error_reaches_stop_and_a_tolerated_one_skips_the_job(
     database_url: str,
 ) -> None:
     missing = enqueue("no_such_schema", "work", {})
-    failing = Producer(database_url, missing, 0.01)
-    time.sleep(0.2)
+    calls: list[int] = []
+
+    def counted(conn: psycopg.Connection, n: int) -> int:
+        calls.append(n)
+        return missing(conn, n)
+
+    failing = Producer(database_url, counted, 0.01)
+    wait_for(lambda: calls, 10, what="the first enqueue")
     with pytest.raises(RuntimeError, match=r"the producer stopped: .*no_such_schema"):
         failing.stop()
-    tolerant = Producer(database_url, missing, 0.01, tolerate=(psycopg.errors.Error,))
-    time.sleep(0.2)
+    calls.clear()
+    tolerant = Producer(database_url, counted, 0.01, tolerate=(psycopg.errors.Error,))
+    wait_for(lambda: len(calls) >= 3, 10, what="three enqueues tried")
     assert tolerant.stop() == []

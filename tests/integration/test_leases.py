@@ -19,10 +19,13 @@ from tests.integration.test_worker_process import V1, active_pools, install, rem
 
 pytestmark = pytest.mark.integration
 V3 = "fleet_test_apps.v3"
-# Beats slower than others sweep (a valid setting: the threshold is 3 beats): after an outage
-# a sweeper then meets pools that have not beaten again yet, as it does with the defaults
-# (10 s beats, 30 s sweeps at random phases across many workers).
-SLOW_BEATS = [*FAST, "--heartbeat-interval", "1s"]
+# Beats slower than others sweep: after an outage a sweeper then meets pools that have not
+# beaten again yet, as it does with the defaults (10 s beats, 30 s sweeps at random phases
+# across many workers). Five beats to the threshold, so that a loaded machine's stall of a
+# second or two is not an outage of its own.
+SLOW_BEATS_THRESHOLD_S = 5
+SLOW_BEATS = [*FAST, "--heartbeat-interval", "1s",
+              "--sweep-threshold", f"{SLOW_BEATS_THRESHOLD_S}s"]  # fmt: skip
 
 
 def make_spans(conn: psycopg.Connection, schema: str) -> None:
@@ -255,10 +258,10 @@ def test_an_outage_of_twice_the_threshold_under_a_stream(
         wait_for(lambda: len(active_pools(conn, schema_name)) == 3, what="three active pools")
         wait_for(lambda: len(spans(conn, schema_name)) > 20, what="work flowing")
         proxy.cut()
-        time.sleep(6)  # 2 x the 3 s threshold
+        time.sleep(2 * SLOW_BEATS_THRESHOLD_S)
         proxy.restore()
         wait_for(lambda: len(active_pools(conn, schema_name)) == 3, timeout=15, what="all back")
-        time.sleep(4)  # past every pool's probation: the sweeps run again
+        time.sleep(SLOW_BEATS_THRESHOLD_S + 1)  # past every pool's probation: sweeps run again
         enqueued = producer.stop()
         wait_for(lambda: remaining(conn, schema_name) == 0, timeout=30, what="queue drained")
         assert "dead" not in pool_states(conn, schema_name).values()
@@ -293,7 +296,7 @@ def test_no_breaking_migration_right_after_an_outage(
             what="v3 waiting for the breaking migration",
         )  # fmt: skip
         proxy.cut()
-        time.sleep(6)
+        time.sleep(SLOW_BEATS_THRESHOLD_S + 3)  # v1 silent for longer than its threshold
         proxy.restore()
         wait_for(lambda: len(pool_states(conn, schema_name)) == 2 and all(
             st in ("active", "waiting-for-schema") for st in pool_states(conn, schema_name)
