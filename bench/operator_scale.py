@@ -46,7 +46,7 @@ from localcluster.kube import ApiError, Client
 from workerfleet_dev import harness
 from workerfleet_dev.harness import wait_for
 from workerfleet_dev.postgres import LocalPostgres
-from workerfleet_operator.metrics import PHASES, scrape
+from workerfleet_operator.metrics import PHASES
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "tests" / "apps"
@@ -93,10 +93,6 @@ def apiserver_write_buckets(client: Client) -> dict[str, float]:
             name = f'{APISERVER_WRITES}le="{le}"}}'
             sums[name] = sums.get(name, 0.0) + float(value)
     return sums
-
-
-def operator_metrics(port: int) -> dict[str, float]:
-    return scrape(port)
 
 
 RECONCILE = "workerfleet_reconcile_seconds_bucket{"
@@ -174,10 +170,6 @@ class Operator(harness.OperatorProcess):
         self.wait_serving(60)
 
     @property
-    def port(self) -> int:
-        return self.metrics_port
-
-    @property
     def pid(self) -> int:
         assert self.proc is not None, "the operator was stopped"
         return self.proc.pid
@@ -199,10 +191,10 @@ def measure(cluster: Cluster, url: str, n: int, window: float, workdir: Path) ->
     try:
         wait_for(lambda: settled(client, ns, n), max(120, n * 0.5), 1, f"{n} fleets settled")
         time.sleep(5)
-        m0, r0, c0, t0 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
+        m0, r0, c0, t0 = op.metrics(), apiserver_requests(client), cpu_seconds(
             op.pid), time.monotonic()  # fmt: skip
         time.sleep(window)
-        m1, r1, c1, t1 = operator_metrics(op.port), apiserver_requests(client), cpu_seconds(
+        m1, r1, c1, t1 = op.metrics(), apiserver_requests(client), cpu_seconds(
             op.pid), time.monotonic()  # fmt: skip
         elapsed = t1 - t0
         count = (
@@ -273,7 +265,7 @@ def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> 
     op = Operator(cluster.kubeconfig, workdir / "operator-load.log")
     try:
         _wait_all(client, ns, rolling, "1", 300)
-        m0, t0 = operator_metrics(op.port), time.monotonic()
+        m0, t0 = op.metrics(), time.monotonic()
         w0 = apiserver_write_buckets(client)
         for name in rolling:
             client.merge_patch(FLEETS.format(ns=ns) + f"/{name}", {"spec": {"version": "2"}})
@@ -284,7 +276,7 @@ def measure_load(cluster: Cluster, url: str, workdir: Path, idle: int = 200) -> 
             version += 1
             reactions.append(react(client, ns, f"f{version % idle:04d}", str(version)))
             time.sleep(2)
-        m1, elapsed = operator_metrics(op.port), time.monotonic() - t0
+        m1, elapsed = op.metrics(), time.monotonic() - t0
         w1 = apiserver_write_buckets(client)
         p50, p99 = quantile(m0, m1, 0.5), quantile(m0, m1, 0.99)
         count = (

@@ -20,7 +20,6 @@ from tests.conftest import APPS_DIR
 from tests.e2e.kind_backend import ClusterLike
 from workerfleet_dev import harness
 from workerfleet_dev.harness import wait_for
-from workerfleet_operator.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -84,10 +83,6 @@ class OperatorProcess(harness.OperatorProcess):
             "WORKERFLEET_RECONCILE_INTERVAL": "0.5",
             "WORKERFLEET_LEADER_IDENTITY": f"e2e-{name}",
         })  # fmt: skip
-
-    def metrics(self) -> dict[str, float]:
-        """The operator's Prometheus metrics, as name{labels} -> value."""
-        return scrape(self.metrics_port)
 
 
 class FleetEnv:

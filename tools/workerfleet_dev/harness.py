@@ -284,6 +284,10 @@ class OperatorProcess:
 
         wait_for(serving, timeout, 0.3, f"the operator to serve (log: {self.log_path})")
 
+    def metrics(self) -> dict[str, float]:
+        """The operator's Prometheus metrics, as name{labels} -> value."""
+        return scrape(self.metrics_port)
+
     def stop(self, sig: Signals = SIGTERM) -> None:
         if self.proc is not None:
             _stop(self.proc, sig, 20)
